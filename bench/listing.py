@@ -1,0 +1,35 @@
+"""`bench list`: what can be swept, read from the same tables the runner uses."""
+
+from __future__ import annotations
+
+from rich.table import Table
+
+from bench import data as data_sources
+from bench import registry
+from bench.render.terminal import console
+from models import CELLS, MODELS
+
+
+def show_list() -> int:
+    models = Table(title="models (--models)")
+    for col in ("name", "units means", "reference units", "options"):
+        models.add_column(col)
+    for name, entry in MODELS.items():
+        models.add_row(name, entry.units_meaning, str(entry.reference_units), ", ".join(entry.options))
+    console.print(models)
+    console.print(f"recurrent cells (--cell): {', '.join(CELLS)}")
+    console.print(f"activations (--activations): {', '.join(registry.ACTIVATIONS)}")
+    opts = Table(title="optimizers (--optimizers)")
+    opts.add_column("name")
+    opts.add_column("default learning rate", justify="right")
+    for name, entry in registry.OPTIMIZERS.items():
+        opts.add_row(name, f"{entry.default_lr:g}")
+    console.print(opts)
+    data = Table(title="data sources (--data)")
+    data.add_column("name")
+    data.add_column("what")
+    for name, what in data_sources.DATA_SOURCES.items():
+        data.add_row(name, what)
+    console.print(data)
+    console.print(f"tfds data sets (--dataset): {', '.join(data_sources.TFDS_DATASETS)}")
+    return 0

@@ -1,0 +1,63 @@
+"""Layers shared by the model families, written for speed on XLA:CPU.
+
+`PatchConv` computes a SAME, stride-1 convolution as one matrix product over
+image patches (im2col). XLA:CPU runs small convolutions slowly, and ten times
+slower again inside `lax.scan` (jax-ml/jax#12868); a dot product does not
+suffer from either. Its parameters have the shapes of `nnx.Conv`'s, and a test
+checks that both compute the same function.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+def image_patches(x: jax.Array, size: int) -> jax.Array:
+    """(B, H, W, C) -> (B, H, W, size*size*C): each pixel's SAME-padded neighbourhood.
+
+    The last axis is ordered (row offset, column offset, channel), the order of a
+    flattened (kh, kw, in, out) convolution kernel.
+    """
+    pad = (size - 1) // 2  # as XLA SAME: the extra row/column of an even kernel goes after
+    h, w = x.shape[1], x.shape[2]
+    xp = jnp.pad(x, ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad), (0, 0)))
+    shifted = [xp[:, i:i + h, j:j + w, :] for i in range(size) for j in range(size)]
+    return jnp.concatenate(shifted, axis=-1)
+
+
+class PatchConv(nnx.Module):
+    """A SAME, stride-1 2-D convolution computed as patches @ kernel."""
+
+    def __init__(self, in_features: int, out_features: int, kernel_size: int, *, rngs: nnx.Rngs):
+        init = nnx.initializers.lecun_normal()
+        shape = (kernel_size, kernel_size, in_features, out_features)
+        self.kernel = nnx.Param(init(rngs.params(), shape))
+        self.bias = nnx.Param(jnp.zeros((out_features,)))
+        self.kernel_size = kernel_size
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        kernel = self.kernel[...]
+        patches = image_patches(x, self.kernel_size)
+        flat = kernel.reshape(-1, kernel.shape[-1])
+        return patches @ flat + self.bias[...]
+
+
+def avg_pool_2x2(x: jax.Array) -> jax.Array:
+    """2x2 average pooling with stride 2 on (B, H, W, C), H and W even."""
+    b, h, w, c = x.shape
+    return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
+
+
+def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; the identity when `key` is None (evaluation) or rate is 0."""
+    if key is None or rate == 0.0:
+        return x
+    keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), 0.0)
+
+
+def split_keys(key: jax.Array | None, n: int) -> list:
+    """n independent dropout keys, or n Nones when there is no key (evaluation)."""
+    return [None] * n if key is None else list(jax.random.split(key, n))
