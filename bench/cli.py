@@ -1,14 +1,17 @@
-"""Command line: `python -m bench run | list`. The only module that reads flags."""
+"""Command line: `python -m bench run | list | compare`. The only module that reads flags."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 from pathlib import Path
 
 from bench import data as data_sources
+from bench.compare import METRICS, Thresholds, parse_threshold, run_compare
 from bench.devices import PLATFORMS, DeviceError
 from bench.spec import SpecError, SweepSpec
+from bench.timing import TimingProtocol
 
 DEFAULTS = SweepSpec()
 
@@ -25,6 +28,30 @@ def _csv(kind):
             raise argparse.ArgumentTypeError(
                 f"{text!r}: expected comma-separated {kind.__name__} values") from None
     return parse
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def _non_negative(text: str) -> int:
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"{value} must be >= 0")
+    return value
+
+
+def _fraction(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise ValueError(text)
+    return value
+
+
+_fraction.__name__ = "fraction in (0, 1]"
 
 
 def _units(text: str):
@@ -56,6 +83,80 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                        help=f"for --data tfds: {', '.join(data_sources.TFDS_DATASETS)}")
     where.add_argument("--data-dir", default=None, help="TFDS data directory")
     where.add_argument("--out", type=Path, default=None, help="run directory (default reports/<run-id>/)")
+    timing = p.add_argument_group("timing protocol (see README)")
+    timing.add_argument("--repeats", type=_positive, default=TimingProtocol.repeats,
+                        help="timed rounds per trial after the burn-in")
+    timing.add_argument("--burn-in", type=_non_negative, default=TimingProtocol.burn_in,
+                        help="untimed rounds before the timed ones")
+    timing.add_argument("--round-steps", type=_positive, default=TimingProtocol.round_steps,
+                        help="training steps per timed round")
+    timing.add_argument("--targets", type=_csv(_fraction), default=TimingProtocol.targets,
+                        help="test accuracies for time-to-accuracy, e.g. 0.97,0.98,0.99")
+    timing.add_argument("--recalibrate", action="store_true",
+                        help="measure the device's peak FLOP/s again instead of using the cache")
+    timing.add_argument("--compilation-cache", metavar="DIR", default=None,
+                        help="use JAX's persistent compilation cache in DIR (hits are recorded)")
+
+
+COMPARE_RULES = f"""\
+verdicts, per trial matched by key:
+  step_time  regression if a one-sided Mann-Whitney U test on the timed rounds
+             says the candidate is slower (p <= --alpha) AND its median step
+             time is slower by more than --max-slowdown; improvement likewise
+             when faster. With too few rounds for the test to ever reach
+             --alpha, the test is replaced by non-overlapping [min, max] ranges.
+  accuracy   regression if test accuracy drops by more than
+             --max-accuracy-drop percentage points (improvement if it rises so).
+  compile    compile time, one sample: beyond {Thresholds().compile:.0%} slower is reported
+             but does not gate unless --gate-compile (noisy; a cache hit is ~0).
+  status     ok -> diverged/failed is a regression.
+  A trial measured on a busy machine is marked 'busy' in the notes.
+  Missing and extra trials are listed; they are not regressions.
+threshold metrics (--threshold METRIC=VALUE, VALUE may end in %):
+""" + "\n".join(f"  {name:10} {meaning}" for name, meaning in METRICS.items()) + """
+exit status: 0 no regression, 1 regression, 2 unusable input."""
+
+
+def _non_negative_float(text: str) -> float:
+    value = float(text)
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"{text!r}: must be >= 0")
+    return value
+
+
+def _threshold(text: str) -> tuple[str, float]:
+    try:
+        return parse_threshold(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def _add_compare_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("baseline", help="run directory, or results.jsonl (run.json beside it is optional)")
+    p.add_argument("candidate", help="run directory, or results.jsonl")
+    p.add_argument("--max-slowdown", type=_non_negative_float, default=Thresholds().step_time,
+                   metavar="FRACTION", help="step time threshold (default %(default)s = 10%%)")
+    p.add_argument("--max-accuracy-drop", type=_non_negative_float, default=Thresholds().accuracy,
+                   metavar="PP", help="test accuracy threshold, percentage points (default %(default)s)")
+    p.add_argument("--threshold", type=_threshold, action="append", default=[], metavar="METRIC=VALUE",
+                   help=f"per-metric threshold, repeatable; overrides the two above "
+                        f"(metrics: {', '.join(METRICS)})")
+    p.add_argument("--alpha", type=_non_negative_float, default=Thresholds().alpha,
+                   help="significance level of the step-time test (default %(default)s)")
+    p.add_argument("--gate-compile", action="store_true",
+                   help="a compile-time regression fails the comparison too")
+    p.add_argument("--normalize", action="store_true",
+                   help="compare time x calibrated peak FLOP/s of each run (different machines); "
+                        "both run.json files need calibration.peak_flops")
+    p.add_argument("--format", choices=("rich", "md"), default="rich",
+                   help="terminal table (default) or Markdown on stdout")
+    p.add_argument("--markdown", type=Path, metavar="FILE", help="also write the Markdown table to FILE")
+
+
+def thresholds_from_args(args: argparse.Namespace) -> Thresholds:
+    base = Thresholds(step_time=args.max_slowdown, accuracy=args.max_accuracy_drop,
+                      alpha=args.alpha, gate_compile=args.gate_compile)
+    return dataclasses.replace(base, **dict(args.threshold))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,6 +164,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _add_run_args(sub.add_parser("run", help="train, time and evaluate a sweep of trials"))
     sub.add_parser("list", help="models, activations, optimizers and data sources")
+    _add_compare_args(sub.add_parser(
+        "compare", help="regression check: baseline run vs candidate run",
+        description="Compare a candidate run with a baseline run, trial by trial.",
+        epilog=COMPARE_RULES, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -73,14 +178,29 @@ def spec_from_args(args: argparse.Namespace) -> SweepSpec:
                      cells=args.cell, seeds=args.seeds)
 
 
+def _enable_compilation_cache(path: str) -> None:
+    import jax
+    jax.config.update("jax_compilation_cache_dir", path)
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "list":
         from bench.listing import show_list
         return show_list()
+    if args.command == "compare":
+        return run_compare(args.baseline, args.candidate, thresholds_from_args(args),
+                           normalize=args.normalize, fmt=args.format, markdown=args.markdown)
     from bench.runner import RunOptions, run_sweep
+    if args.compilation_cache:
+        _enable_compilation_cache(args.compilation_cache)
+    protocol = TimingProtocol(repeats=args.repeats, burn_in=args.burn_in,
+                              round_steps=args.round_steps, targets=args.targets)
     options = RunOptions(device=args.device, data=args.data, dataset=args.dataset,
-                         data_dir=args.data_dir, out=args.out)
+                         data_dir=args.data_dir, out=args.out, protocol=protocol,
+                         recalibrate=args.recalibrate)
     try:
         return run_sweep(spec_from_args(args), options, argv if argv is not None else sys.argv[1:])
     except (SpecError, DeviceError, data_sources.DataError) as exc:

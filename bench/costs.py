@@ -3,8 +3,8 @@
 XLA's cost analysis counts a while-loop body once. A round of training steps is
 a `lax.scan`, so the analysis of the round program gives one step's FLOPs
 (plus the batch permutation, which is negligible). Loops *inside* a step are
-counted once too, so the recurrent model unrolls its time loop (see
-models/recurrent.py) to keep this figure right.
+counted once too, so for this count the recurrent model is lowered with its
+time loop unrolled (bench.trial._step_flops).
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ import resource
 import jax
 
 
-def flops(compiled) -> float | None:
-    """FLOPs of one execution of `compiled` as XLA counts them, None if unavailable."""
+def flops(program) -> float | None:
+    """FLOPs of one execution of a lowered or compiled program as XLA counts them."""
     try:
-        analysis = compiled.cost_analysis()
+        analysis = program.cost_analysis()
     except Exception:  # noqa: BLE001 - some backends have no cost model
         return None
     if isinstance(analysis, (list, tuple)):

@@ -144,12 +144,26 @@ def _measure(config, dataset, device, protocol, result: TrialResult, on_epoch) -
         train_round, result.round_compile_s = compile_ahead(program.train_round, state, x, y,
                                                             key, donate_argnums=0)
     result.compile_cache_hits = cache.hits
-    result.flops_per_step = costs.flops(train_round)
+    result.flops_per_step = _step_flops(config, tx, protocol, state, x, y, key)
     result.memory = {"program": costs.program_memory(epoch)}
     state = _train_epochs(config, epoch, evaluate, state, (x, y, x_test, y_test), key, result,
                           on_epoch)
     if result.status == "ok":
         _time_rounds(train_round, state, x, y, key, protocol, result)
+
+
+def _step_flops(config, tx, protocol, state, x, y, key) -> float | None:
+    """FLOPs of one training step: XLA's count for a round (a scan, so its body: one step).
+
+    Loops inside a step are counted once too, so models that loop over time are
+    lowered with the loop unrolled for this count (lowered only, never compiled or run).
+    """
+    model = build_model(config)
+    if hasattr(model, "unroll"):
+        model.unroll = True
+    program = build_program(model, tx, config.batch_size, penalty=Penalty(config.l1, config.l2),
+                            uses_dropout=config.dropout > 0, round_steps=protocol.round_steps)
+    return costs.flops(jax.jit(program.train_round).lower(state, x, y, key))
 
 
 def _train_epochs(config, epoch, evaluate, state, arrays, key, result, on_epoch):

@@ -67,12 +67,16 @@ class Recurrent(nnx.Module):
             self.input_proj.bias[...] = bias.at[units:2 * units].set(1.0)
         self.head = nnx.Linear(units, num_classes, rngs=rngs)
         self.cell, self.units, self.activation, self.dropout = cell, units, activation, dropout
+        # Unrolling the time loop is slower on CPU; cost analysis sets it to True to count
+        # every time step's FLOPs (XLA counts a loop body once).
+        self.unroll: int | bool = 1
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         _, step, init = CELLS[self.cell]
         hw, act = self.recurrent_kernel[...], self.activation
         xw = jnp.swapaxes(self.input_proj(x), 0, 1)  # (time, batch, gates*units)
         carry0 = init(jnp.zeros((x.shape[0], self.units), xw.dtype))
-        carry, _ = jax.lax.scan(lambda c, xt: (step(act, c, xt, hw), None), carry0, xw)
+        carry, _ = jax.lax.scan(lambda c, xt: (step(act, c, xt, hw), None), carry0, xw,
+                                unroll=self.unroll)
         (key,) = split_keys(dropout_key, 1)
         return self.head(apply_dropout(last_state(carry), self.dropout, key))

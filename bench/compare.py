@@ -1,0 +1,421 @@
+"""Baseline vs candidate: per-trial regression checks between two runs.
+
+Trials are matched by key. Step time is judged on the repeated timed rounds: a
+change counts only if a one-sided Mann-Whitney U test finds it (as asv does)
+AND the medians differ by more than the threshold, so noise never gates and
+significant-but-tiny changes don't either. Accuracy and compile time are single
+samples and are judged against a threshold alone. Compile time is reported but
+does not gate unless asked: one sample, and a compilation-cache hit makes it
+near zero.
+
+Layout: loading (`load_run`), pure checks returning frozen verdicts
+(`compare_records`), renderers (`render_markdown`, `render_rich`), then the
+CLI glue (`run_compare`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.results import HEADER, read_header, read_results
+from bench.spec import TrialConfig
+
+# metric name -> what its threshold means (shown by --help and in errors)
+METRICS: dict[str, str] = {
+    "step_time": "relative change of the median step time (0.10 = 10%)",
+    "accuracy": "change of test accuracy in percentage points (1.0 = 1 pp)",
+    "compile": "relative change of the compile time (0.5 = 50%)",
+}
+VERDICTS = ("regression", "improvement", "same", "n/a")
+
+
+class CompareError(ValueError):
+    """Input that cannot be compared (exit status 2); the message says why."""
+
+
+# ---------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class Run:
+    """One side of a comparison: where it came from, its header (if any) and records."""
+
+    path: Path
+    header: dict | None
+    records: tuple[dict, ...]
+
+
+def load_run(path: Path | str) -> Run:
+    """Reads a run directory or a results.jsonl file (run.json beside it is optional)."""
+    path = Path(path)
+    if not path.exists():
+        raise CompareError(f"{path}: no such file or directory")
+    header_file = (path if path.is_dir() else path.parent) / HEADER
+    try:
+        header = read_header(header_file.parent) if header_file.exists() else None
+        records = read_results(path)
+    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
+        raise CompareError(f"{path}: unreadable: {exc}") from None
+    if header is not None and not isinstance(header, dict):
+        raise CompareError(f"{header_file}: not a JSON object")
+    bad = [n for n, r in enumerate(records, 1)
+           if not (isinstance(r, dict) and isinstance(r.get("key"), str)
+                   and isinstance(r.get("status"), str))]
+    if bad:
+        raise CompareError(f"{path}: record {bad[0]} is not a trial record (no 'key' or 'status')")
+    if not records:
+        raise CompareError(f"{path}: no trial results")
+    return Run(path, header, tuple(records))
+
+
+def peak_flops(run: Run) -> float:
+    """The run's calibrated fp32 peak FLOP/s; CompareError if it has none."""
+    calibration = (run.header or {}).get("calibration") or {}
+    peak = calibration.get("peak_flops") if isinstance(calibration, dict) else None
+    if not isinstance(peak, (int, float)) or not peak > 0:
+        raise CompareError(f"{run.path}: no calibration.peak_flops in {HEADER}; "
+                           "--normalize needs both runs calibrated")
+    return float(peak)
+
+
+# ---------------------------------------------------------------- verdicts
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Per-metric thresholds (see METRICS), the significance level, and what gates."""
+
+    step_time: float = 0.10
+    accuracy: float = 1.0
+    compile: float = 0.50
+    alpha: float = 0.05
+    gate_compile: bool = False
+
+
+@dataclass(frozen=True)
+class MetricVerdict:
+    """One metric of one matched trial. `change`: a fraction for times, pp for accuracy."""
+
+    key: str
+    label: str
+    metric: str  # "status" or a METRICS name
+    baseline: float | str | None
+    candidate: float | str | None
+    change: float | None = None
+    p_value: float | None = None
+    verdict: str = "same"
+    gating: bool = True
+    notes: tuple[str, ...] = ()
+
+    @property
+    def is_regression(self) -> bool:
+        return self.gating and self.verdict == "regression"
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """Every verdict, the unmatched trials (as labels) and run-level warnings."""
+
+    verdicts: tuple[MetricVerdict, ...]
+    missing: tuple[str, ...]
+    extra: tuple[str, ...]
+    warnings: tuple[str, ...] = ()
+    normalized: bool = False
+
+    @property
+    def regressions(self) -> list[MetricVerdict]:
+        return [v for v in self.verdicts if v.is_regression]
+
+
+def parse_threshold(text: str) -> tuple[str, float]:
+    """'step_time=0.05' or 'step_time=5%' -> ('step_time', 0.05); ValueError if malformed."""
+    name, sep, value = text.partition("=")
+    name = name.strip()
+    if not sep or name not in METRICS:
+        raise ValueError(f"{text!r}: expected METRIC=VALUE with METRIC one of {', '.join(METRICS)}")
+    value = value.strip()
+    number = float(value[:-1]) / 100 if value.endswith("%") else float(value)
+    if not number >= 0 or math.isinf(number):
+        raise ValueError(f"{text!r}: the threshold must be a finite number >= 0")
+    return name, number
+
+
+def min_p_value(n_baseline: int, n_candidate: int) -> float:
+    """The smallest one-sided p the exact Mann-Whitney U test can give for these sizes."""
+    if not (n_baseline and n_candidate):
+        return 1.0
+    return 1 / math.comb(n_baseline + n_candidate, n_baseline)
+
+
+def timing_verdict(baseline: list[float], candidate: list[float], threshold: float,
+                   alpha: float) -> tuple[float | None, float | None, str]:
+    """(relative change of medians, p-value, verdict) for two samples of times; lower is better.
+
+    Uses the one-sided Mann-Whitney U test when the sample sizes can reach `alpha`,
+    otherwise non-overlapping [min, max] ranges (p-value None).
+    """
+    if not baseline or not candidate:
+        return None, None, "n/a"
+    base, cand = statistics.median(baseline), statistics.median(candidate)
+    change = (cand - base) / base if base > 0 else None
+    if change is None:
+        return None, None, "n/a"
+    if min_p_value(len(baseline), len(candidate)) <= alpha:
+        p = _mann_whitney(baseline, candidate, slower=change >= 0)
+        significant = p <= alpha
+    else:
+        p = None
+        significant = min(candidate) > max(baseline) or max(candidate) < min(baseline)
+    if significant and change > threshold:
+        return change, p, "regression"
+    if significant and change < -threshold:
+        return change, p, "improvement"
+    return change, p, "same"
+
+
+def _mann_whitney(baseline: list[float], candidate: list[float], slower: bool) -> float:
+    """One-sided p-value that the candidate is slower (or, if not `slower`, faster)."""
+    from scipy.stats import mannwhitneyu  # ~1.5 s to import: only `compare` pays for it
+
+    p = mannwhitneyu(candidate, baseline, alternative="greater" if slower else "less").pvalue
+    return 1.0 if math.isnan(p) else float(p)
+
+
+def threshold_verdict(change: float | None, threshold: float, *, lower_is_better: bool) -> str:
+    """Verdict of a single-sample metric: beyond the threshold in the bad/good direction."""
+    if change is None:
+        return "n/a"
+    worse = change > threshold if lower_is_better else change < -threshold
+    better = change < -threshold if lower_is_better else change > threshold
+    return "regression" if worse else "improvement" if better else "same"
+
+
+def compare_status(base: dict, cand: dict) -> str:
+    """ok -> diverged/failed is a regression, the reverse an improvement."""
+    if base["status"] == cand["status"]:
+        return "same"
+    if base["status"] == "ok":
+        return "regression"
+    return "improvement" if cand["status"] == "ok" else "same"
+
+
+def step_times(record: dict, scale: float = 1.0) -> list[float]:
+    """Seconds per training step of each timed round, times `scale` (peak FLOP/s or 1)."""
+    steps = record.get("round_steps")
+    rounds = [t for t in record.get("rounds_s") or [] if t is not None]
+    if not steps or not rounds:
+        return []
+    return [scale * t / steps for t in rounds]
+
+
+def compare_trial(base: dict, cand: dict, label: str, thresholds: Thresholds,
+                  scales: tuple[float, float] = (1.0, 1.0)) -> list[MetricVerdict]:
+    """Verdicts on status (if it changed), step time, accuracy and compile time of one trial."""
+    notes = tuple(f"{side} busy" for side, r in (("baseline", base), ("candidate", cand))
+                  if r.get("busy"))
+    row = dict(key=base["key"], label=label, notes=notes)
+    out = []
+    if base["status"] != cand["status"]:
+        out.append(MetricVerdict(metric="status", baseline=base["status"], candidate=cand["status"],
+                                 verdict=compare_status(base, cand), **row))
+    out.append(_step_time_verdict(base, cand, thresholds, scales, row))
+    out.append(_accuracy_verdict(base, cand, thresholds, row))
+    out.append(_compile_verdict(base, cand, thresholds, scales, row))
+    return out
+
+
+def _step_time_verdict(base, cand, thresholds: Thresholds, scales, row: dict) -> MetricVerdict:
+    b, c = step_times(base, scales[0]), step_times(cand, scales[1])
+    change, p, verdict = timing_verdict(b, c, thresholds.step_time, thresholds.alpha)
+    return MetricVerdict(metric="step_time", baseline=statistics.median(b) if b else None,
+                         candidate=statistics.median(c) if c else None, change=change,
+                         p_value=p, verdict=verdict, **row)
+
+
+def _accuracy_verdict(base, cand, thresholds: Thresholds, row: dict) -> MetricVerdict:
+    b, c = base.get("test_accuracy"), cand.get("test_accuracy")
+    change = 100 * (c - b) if b is not None and c is not None else None
+    verdict = threshold_verdict(change, thresholds.accuracy, lower_is_better=False)
+    return MetricVerdict(metric="accuracy", baseline=b, candidate=c, change=change,
+                         verdict=verdict, **row)
+
+
+def _compile_verdict(base, cand, thresholds: Thresholds, scales, row: dict) -> MetricVerdict:
+    b, c = base.get("compile_s"), cand.get("compile_s")
+    b, c = (None if v is None else v * s for v, s in zip((b, c), scales))
+    change = (c - b) / b if b and c is not None else None
+    verdict = threshold_verdict(change, thresholds.compile, lower_is_better=True)
+    cached = base.get("compile_cache_hits") or cand.get("compile_cache_hits")
+    notes = row["notes"] + (("compile cache hit",) if cached else ())
+    return MetricVerdict(metric="compile", baseline=b, candidate=c, change=change, verdict=verdict,
+                         gating=thresholds.gate_compile, **{**row, "notes": notes})
+
+
+def trial_labels(records: list[dict]) -> dict[str, str]:
+    """key -> 'label seed=N'; labels that still collide get the key appended."""
+    labels = {}
+    for r in records:
+        config = r.get("config") or {}
+        try:
+            labels[r["key"]] = f"{TrialConfig.from_dict(config).label()} seed={config.get('seed', 0)}"
+        except (TypeError, ValueError):
+            labels[r["key"]] = str(r["key"])
+    counts = {}
+    for label in labels.values():
+        counts[label] = counts.get(label, 0) + 1
+    return {k: (f"{v} [{k}]" if counts[v] > 1 else v) for k, v in labels.items()}
+
+
+def compare_records(baseline: list[dict], candidate: list[dict], thresholds: Thresholds = Thresholds(),
+                    scales: tuple[float, float] = (1.0, 1.0)) -> Comparison:
+    """Matches trials by key (a repeated key: the last record wins) and judges each pair."""
+    base = {r["key"]: r for r in baseline}
+    cand = {r["key"]: r for r in candidate}
+    labels = trial_labels([*base.values(), *cand.values()])
+    common = [k for k in base if k in cand]
+    if not common:
+        raise CompareError("no trial in common between baseline and candidate "
+                           "(trials are matched by the key of their configuration)")
+    verdicts = [v for k in common for v in compare_trial(base[k], cand[k], labels[k], thresholds, scales)]
+    return Comparison(verdicts=tuple(verdicts),
+                      missing=tuple(labels[k] for k in base if k not in cand),
+                      extra=tuple(labels[k] for k in cand if k not in base),
+                      normalized=scales != (1.0, 1.0))
+
+
+def compare_runs(baseline: Run, candidate: Run, thresholds: Thresholds = Thresholds(),
+                 normalize: bool = False) -> Comparison:
+    """compare_records on two loaded runs, with timings × peak FLOP/s if `normalize`."""
+    scales = (peak_flops(baseline), peak_flops(candidate)) if normalize else (1.0, 1.0)
+    result = compare_records(list(baseline.records), list(candidate.records), thresholds, scales)
+    warnings = run_warnings(baseline.header or {}, candidate.header or {}, normalize)
+    return dataclasses.replace(result, warnings=warnings, normalized=normalize)
+
+
+def run_warnings(base: dict, cand: dict, normalize: bool) -> tuple[str, ...]:
+    """Header differences that make the comparison suspect: data set, and device unless normalized."""
+    out = []
+    ident = lambda d: tuple((d.get("data") or {}).get(k) for k in ("name", "train_examples",  # noqa: E731
+                                                                  "test_examples"))
+    if base.get("data") and cand.get("data") and ident(base) != ident(cand):
+        out.append(f"different data sets: {ident(base)} vs {ident(cand)}; accuracies are not comparable")
+    where = lambda d: tuple((d.get("device") or {}).get(k) for k in ("device_kind", "host_cpu"))  # noqa: E731
+    if not normalize and base.get("device") and cand.get("device") and where(base) != where(cand):
+        out.append(f"different devices: {where(base)} vs {where(cand)}; consider --normalize")
+    return tuple(out)
+
+
+# ---------------------------------------------------------------- rendering
+
+TITLES = ["trial", "metric", "baseline", "candidate", "change", "p-value", "verdict", "notes"]
+RIGHT = [False, False, True, True, True, True, False, False]
+
+
+def _metric_name(metric: str, normalized: bool) -> str:
+    unit = "GFLOP at peak" if normalized else None
+    return {"status": "status", "accuracy": "test acc %",
+            "step_time": f"step time ({unit or 'ms'})",
+            "compile": f"compile ({unit or 's'})"}[metric]
+
+
+def _value(v: MetricVerdict, value, normalized: bool) -> str:
+    if value is None or isinstance(value, str):
+        return "" if value is None else value
+    if v.metric == "accuracy":
+        return f"{100 * value:.2f}"
+    if normalized:
+        return f"{value / 1e9:.4g}"
+    return f"{1000 * value:.4g}" if v.metric == "step_time" else f"{value:.3g}"
+
+
+def verdict_cells(v: MetricVerdict, normalized: bool) -> list[str]:
+    """The table cells of one verdict, in TITLES order."""
+    if v.change is None:
+        change = ""
+    elif v.metric == "accuracy":
+        change = f"{v.change:+.2f} pp"
+    else:
+        change = f"{100 * v.change:+.1f}%"
+    p = "" if v.p_value is None else f"{v.p_value:.3g}"
+    verdict = v.verdict if v.gating or v.verdict in ("same", "n/a") else f"{v.verdict} (not gating)"
+    return [v.label, _metric_name(v.metric, normalized), _value(v, v.baseline, normalized),
+            _value(v, v.candidate, normalized), change, p, verdict, ", ".join(v.notes)]
+
+
+def summary_line(comparison: Comparison) -> str:
+    """'no regression' or 'N regressions', with the counts of unmatched trials."""
+    n = len(comparison.regressions)
+    head = "no regression" if n == 0 else f"{n} regression{'s' if n > 1 else ''}"
+    trials = len({v.key for v in comparison.verdicts})
+    return (f"{head} ({trials} trials compared, {len(comparison.missing)} missing, "
+            f"{len(comparison.extra)} extra)")
+
+
+def _md_escape(cell: str) -> str:
+    return str(cell).replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(comparison: Comparison, title: str = "bench compare") -> str:
+    """The comparison as GitHub-flavoured Markdown, fit for a pull-request comment."""
+    lines = [f"## {title}", ""]
+    if comparison.normalized:
+        lines += ["Times are normalized: seconds × each run's calibrated peak FLOP/s.", ""]
+    lines += [f"> warning: {w}" for w in comparison.warnings] + ([""] if comparison.warnings else [])
+    lines += ["| " + " | ".join(TITLES) + " |",
+              "|" + "|".join("---:" if r else "---" for r in RIGHT) + "|"]
+    lines += ["| " + " | ".join(_md_escape(c) for c in verdict_cells(v, comparison.normalized)) + " |"
+              for v in comparison.verdicts]
+    for name, labels in (("Missing trials (baseline only)", comparison.missing),
+                         ("Extra trials (candidate only)", comparison.extra)):
+        if labels:
+            lines += ["", f"### {name}", ""] + [f"- {_md_escape(label)}" for label in labels]
+    lines += ["", f"**{summary_line(comparison)}**", ""]
+    return "\n".join(lines)
+
+
+def render_rich(comparison: Comparison, console) -> None:
+    """Prints the comparison to a rich Console: table, unmatched trials, summary."""
+    from rich.table import Table
+
+    table = Table(title="bench compare" + (" (normalized)" if comparison.normalized else ""))
+    for name, right in zip(TITLES, RIGHT):
+        table.add_column(name, justify="right" if right else "left")
+    styles = {"regression": "red", "improvement": "green"}
+    for v in comparison.verdicts:
+        table.add_row(*verdict_cells(v, comparison.normalized),
+                      style=styles.get(v.verdict, "") if v.gating else "")
+    for warning in comparison.warnings:
+        console.print(f"[yellow]warning:[/] {warning}", markup=True)
+    console.print(table)
+    for name, labels in (("missing (baseline only)", comparison.missing),
+                         ("extra (candidate only)", comparison.extra)):
+        for label in labels:
+            console.print(f"{name}: {label}", markup=False)
+    console.print(summary_line(comparison), style="bold red" if comparison.regressions else "bold")
+
+
+# ---------------------------------------------------------------- CLI glue
+
+
+def run_compare(baseline: str, candidate: str, thresholds: Thresholds, *, normalize: bool = False,
+                fmt: str = "rich", markdown: Path | None = None) -> int:
+    """`bench compare`: 0 no regression, 1 regression, 2 unusable input (message on stderr)."""
+    try:
+        comparison = compare_runs(load_run(baseline), load_run(candidate), thresholds, normalize)
+    except CompareError as exc:
+        print(f"bench compare: error: {exc}", file=sys.stderr)
+        return 2
+    text = render_markdown(comparison)
+    if markdown is not None:
+        Path(markdown).write_text(text, encoding="utf-8")
+    if fmt == "md":
+        print(text)
+    else:
+        from bench.render.terminal import console
+        render_rich(comparison, console)
+    return 1 if comparison.regressions else 0

@@ -1,0 +1,269 @@
+"""The model families: shapes, reference parameter counts, and equivalence with Flax's layers.
+
+Every test is expanded over `models.MODELS` (and `models.CELLS`), so a new
+family or cell gets these tests by being added to its table.
+"""
+
+from __future__ import annotations
+
+import inspect
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from models import CELLS, MODELS
+from models.layers import PatchConv, dropout
+from models.recurrent import Recurrent
+
+# Tiny sizes keep the suite fast; a family not listed here is built with DEFAULT_TINY_UNITS.
+TINY_UNITS = {"dense": 4, "conv": 2, "recurrent": 4}
+DEFAULT_TINY_UNITS = 4
+
+# The documented parameter count of each family at its reference_units.
+REFERENCE_PARAMS = {
+    "dense": 669_706,  # 784-512-512-10, the Keras mnist_mlp network
+    "conv": 824_458,  # the Flax MNIST example CNN
+    "recurrent": 81_674,  # LSTM with 128 units on 28 rows of 28 pixels
+}
+
+BATCH = 3
+
+
+def tiny(name: str, activation=jax.nn.relu, num_classes: int = 10, seed: int = 0, **options):
+    units = TINY_UNITS.get(name, DEFAULT_TINY_UNITS)
+    return MODELS[name].build(units, activation, num_classes, nnx.Rngs(seed), **options)
+
+
+# Test data comes from numpy: every new shape drawn with jax.random costs a compile.
+def normal(shape: tuple[int, ...], seed: int) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).standard_normal(shape, dtype=np.float32))
+
+
+def images(batch: int = BATCH, seed: int = 1) -> jax.Array:
+    return jnp.asarray(np.random.default_rng(seed).random((batch, 28, 28), dtype=np.float32))
+
+
+def abstract(make) -> nnx.Module:
+    """The module `make()` builds, with shapes but no values: the test must set every
+    parameter, and calling it with one left unset fails."""
+    return nnx.eval_shape(make)
+
+
+def param_count(model: nnx.Module) -> int:
+    return sum(int(np.prod(p.shape)) for p in jax.tree.leaves(nnx.state(model, nnx.Param)))
+
+
+# ---- every family --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("num_classes", [10, 3])
+def test_family_returns_finite_logits_per_example(name, num_classes):
+    logits = tiny(name, num_classes=num_classes)(images())
+    assert logits.shape == (BATCH, num_classes)
+    assert jnp.all(jnp.isfinite(logits))
+    # Distinct images give distinct logits: the output depends on the input.
+    assert not jnp.allclose(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_family_examples_are_independent(name):
+    """An example's logits do not depend on the rest of its batch."""
+    model, x = tiny(name), images(4)
+    np.testing.assert_allclose(model(x)[:1], model(x[:1]), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_family_accepts_its_declared_options(name):
+    """bench passes `options` as keywords: each must be a keyword parameter of the constructor."""
+    entry = MODELS[name]
+    params = inspect.signature(entry.build.__init__).parameters
+    assert list(params)[1:5] == ["units", "activation", "num_classes", "rngs"]
+    for option in entry.options:
+        assert option in params, f"{name} declares option {option!r} that it does not accept"
+        assert params[option].kind is inspect.Parameter.KEYWORD_ONLY
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_reference_configuration_has_documented_parameter_count(name):
+    assert name in REFERENCE_PARAMS, f"document {name}'s parameter count in REFERENCE_PARAMS"
+    entry = MODELS[name]
+    # eval_shape: the shapes without initialising 800k parameters.
+    model = nnx.eval_shape(lambda: entry.build(entry.reference_units, jax.nn.relu, 10, nnx.Rngs(0)))
+    assert param_count(model) == REFERENCE_PARAMS[name]
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_every_recurrent_cell_returns_logits(cell):
+    model = tiny("recurrent", cell=cell)
+    gates = CELLS[cell][0]
+    units = TINY_UNITS["recurrent"]
+    assert model.input_proj.kernel.shape == (28, gates * units)
+    assert model.recurrent_kernel.shape == (units, gates * units)
+    logits = model(images())
+    assert logits.shape == (BATCH, 10)
+    assert jnp.all(jnp.isfinite(logits))
+
+
+def test_unknown_cell_is_rejected_with_valid_names():
+    with pytest.raises(ValueError) as err:
+        tiny("recurrent", cell="nope")
+    for cell in CELLS:
+        assert cell in str(err.value)
+
+
+@pytest.mark.parametrize("depth", [1, 3])
+def test_dense_depth_sets_number_of_hidden_layers(depth):
+    units = 4
+    model = MODELS["dense"].build(units, jax.nn.relu, 10, nnx.Rngs(0), depth=depth)
+    assert len(model.hidden) == depth
+    assert model.hidden[0].kernel.shape == (784, units)
+    for layer in list(model.hidden)[1:]:
+        assert layer.kernel.shape == (units, units)
+    expected = (784 * units + units) + (depth - 1) * (units * units + units) + (units * 10 + 10)
+    assert param_count(model) == expected
+    assert model(images()).shape == (BATCH, 10)
+
+
+def test_lstm_forget_gate_bias_starts_at_one():
+    units = TINY_UNITS["recurrent"]
+    bias = tiny("recurrent", cell="lstm").input_proj.bias[...]
+    expected = jnp.zeros(4 * units).at[units:2 * units].set(1.0)  # gate order i, f, g, o
+    np.testing.assert_array_equal(bias, expected)
+
+
+# ---- dropout -------------------------------------------------------------------------------
+
+DROPOUT_FAMILIES = [name for name, entry in MODELS.items() if "dropout" in entry.options]
+
+
+@pytest.mark.parametrize("name", DROPOUT_FAMILIES)
+def test_dropout_applies_only_with_a_key(name):
+    x, key = images(), jax.random.key(7)
+    model = tiny(name, dropout=0.5)
+    plain = model(x)
+    np.testing.assert_array_equal(model(x), plain)  # no key: deterministic
+    dropped = model(x, key)
+    assert jnp.all(jnp.isfinite(dropped))
+    assert not jnp.allclose(dropped, plain)
+    np.testing.assert_array_equal(model(x, key), dropped)  # same key, same mask
+    assert not jnp.allclose(model(x, jax.random.key(8)), dropped)
+
+
+@pytest.mark.parametrize("name", DROPOUT_FAMILIES)
+def test_zero_dropout_ignores_the_key(name):
+    x = images()
+    model = tiny(name, dropout=0.0)
+    np.testing.assert_array_equal(model(x, jax.random.key(7)), model(x))
+
+
+def test_dropout_is_inverted_at_the_given_rate():
+    rate = 0.25
+    out = dropout(jnp.ones((200_000,)), rate, jax.random.key(0))
+    assert abs(float(jnp.mean(out == 0.0)) - rate) < 0.01
+    np.testing.assert_allclose(out[out != 0.0], 1.0 / (1.0 - rate), rtol=1e-6)
+    np.testing.assert_array_equal(dropout(jnp.ones(5), rate, None), jnp.ones(5))
+
+
+# ---- PatchConv == nnx.Conv -----------------------------------------------------------------
+
+def conv_pair(cin: int, cout: int, size: int, seed: int = 0):
+    """A PatchConv and an nnx.Conv holding the same random kernel and bias."""
+    reference = abstract(lambda: nnx.Conv(cin, cout, kernel_size=(size, size), padding="SAME",
+                                          rngs=nnx.Rngs(0)))
+    patch = abstract(lambda: PatchConv(cin, cout, size, rngs=nnx.Rngs(0)))
+    assert patch.kernel.shape == reference.kernel.shape == (size, size, cin, cout)
+    kernel, bias = normal((size, size, cin, cout), seed), normal((cout,), seed + 1)
+    for module in (patch, reference):
+        module.kernel.set_value(kernel)
+        module.bias.set_value(bias)
+    return patch, reference
+
+
+# (in channels, out channels, kernel size); even sizes check where SAME puts the extra padding.
+CONV_CASES = [(1, 2, 3), (3, 5, 3), (4, 1, 3), (2, 3, 5), (2, 3, 4)]
+
+
+def outputs_and_gradients(modules: tuple[nnx.Module, ...], x: jax.Array, cotangent: jax.Array):
+    """For each module: module(x), and the gradients of sum(module(x) * cotangent) w.r.t. its
+    parameters and x. One jit for all modules, to compile once."""
+    graphdefs, states = zip(*(nnx.split(m) for m in modules))
+
+    @jax.jit
+    def run(states, x):
+        results = []
+        for graphdef, state in zip(graphdefs, states):
+            out, pullback = jax.vjp(lambda p, x: nnx.merge(graphdef, p)(x), state, x)
+            results.append((out, pullback(cotangent)))
+        return results
+
+    return run(states, x)
+
+
+@pytest.mark.parametrize("cin,cout,size", CONV_CASES)
+def test_patch_conv_matches_nnx_conv_and_its_gradients(cin, cout, size):
+    patch, reference = conv_pair(cin, cout, size)
+    x = normal((2, 7, 6, cin), 3)  # non-square: rows and columns cannot be swapped
+    cotangent = normal((2, 7, 6, cout), 4)
+    (out, (grad_p, grad_x)), (ref_out, (ref_grad_p, ref_grad_x)) = outputs_and_gradients(
+        (patch, reference), x, cotangent)
+    assert ref_out.shape == (2, 7, 6, cout)
+    close = dict(rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(out, ref_out, **close)
+    np.testing.assert_allclose(grad_x, ref_grad_x, **close)
+    np.testing.assert_allclose(grad_p["kernel"][...], ref_grad_p["kernel"][...], **close)
+    np.testing.assert_allclose(grad_p["bias"][...], ref_grad_p["bias"][...], **close)
+
+
+# ---- Recurrent == nnx cells under nnx.RNN --------------------------------------------------
+
+def lstm_reference(model: Recurrent, activation) -> nnx.Module:
+    cell = abstract(lambda: nnx.LSTMCell(28, model.units, activation_fn=activation,
+                                         rngs=nnx.Rngs(0)))
+    kernels = jnp.split(model.input_proj.kernel[...], 4, axis=-1)
+    recurrent = jnp.split(model.recurrent_kernel[...], 4, axis=-1)
+    biases = jnp.split(model.input_proj.bias[...], 4, axis=-1)
+    for i, (x_side, h_side) in enumerate(zip(["ii", "if_", "ig", "io"], ["hi", "hf", "hg", "ho"])):
+        getattr(cell, x_side).kernel.set_value(kernels[i])
+        getattr(cell, h_side).kernel.set_value(recurrent[i])
+        getattr(cell, h_side).bias.set_value(biases[i])  # nnx puts the one bias on the h side
+    return cell
+
+
+def fused_reference(make_cell):
+    """A reference for a cell that, like Recurrent, has dense_i (with bias) and dense_h."""
+    def reference(model: Recurrent, activation) -> nnx.Module:
+        cell = abstract(lambda: make_cell(28, model.units, activation_fn=activation,
+                                          rngs=nnx.Rngs(0)))
+        cell.dense_i.kernel.set_value(model.input_proj.kernel[...])
+        cell.dense_i.bias.set_value(model.input_proj.bias[...])
+        cell.dense_h.kernel.set_value(model.recurrent_kernel[...])
+        return cell
+    return reference
+
+
+REFERENCE_CELLS = {
+    "lstm": lstm_reference,
+    "gru": fused_reference(nnx.GRUCell),
+    "simple": fused_reference(nnx.SimpleCell),
+}
+
+
+def test_every_cell_has_a_reference():
+    assert set(REFERENCE_CELLS) == set(CELLS)
+
+
+@pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu], ids=["tanh", "relu"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_recurrent_matches_nnx_cell(cell, activation):
+    model = tiny("recurrent", activation, cell=cell)
+    # A random bias, so that a misplaced bias slice cannot go unnoticed.
+    model.input_proj.bias[...] = normal(model.input_proj.bias.shape, 5)
+    reference_cell = REFERENCE_CELLS[cell](model, activation)
+    x = normal((BATCH, 28, 28), 6)
+
+    hidden = nnx.RNN(reference_cell)(x)  # (batch, time, units)
+    expected = model.head(hidden[:, -1])
+    np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-5)

@@ -1,0 +1,256 @@
+"""Training and evaluation: one real jitted epoch per activation and per optimizer.
+
+The cases are expanded over `bench.registry.ACTIVATIONS`, `OPTIMIZERS` and
+`models.MODELS`, so a new table entry is trained here without further work.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+from bench import registry
+from bench.registry import ACTIVATIONS, OPTIMIZERS
+from bench.steps import Penalty, build_program
+from models import MODELS
+
+# The same tiny sizes as test_models.py, so eager initialisers compile once for both files.
+TINY_UNITS = {"dense": 4, "conv": 2, "recurrent": 4}
+DEFAULT_TINY_UNITS = 4
+BATCH = 32
+NUM_CLASSES = 10
+
+
+def synthetic(n: int, seed: int) -> tuple[jax.Array, jax.Array]:
+    """Images whose label k is a bright two-row band at rows 2k+4 and 2k+5, over weak noise.
+
+    Drawn with numpy: every new shape drawn with jax.random costs a compile.
+    """
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % NUM_CLASSES)
+    band = (np.arange(28)[None, :] // 2) == (y[:, None] + 2)  # (n, 28 rows)
+    x = 0.8 * band[:, :, None] + 0.2 * rng.random((n, 28, 28))
+    return jnp.asarray(x, jnp.float32), jnp.asarray(y, jnp.int32)
+
+
+X_TRAIN, Y_TRAIN = synthetic(256, seed=0)
+
+
+def tiny(name: str, activation, *, units: int | None = None, seed: int = 0, **options):
+    units = units or TINY_UNITS.get(name, DEFAULT_TINY_UNITS)
+    return MODELS[name].build(units, activation, NUM_CLASSES, nnx.Rngs(seed), **options)
+
+
+def train_one_epoch(model, tx, *, key: int = 0, **program_options):
+    """(initial state, state after one jitted epoch on X_TRAIN, mean loss, mean accuracy)."""
+    program = build_program(model, tx, BATCH, **program_options)
+    start = program.init()
+    state, loss, acc = jax.jit(program.train_epoch)(start, X_TRAIN, Y_TRAIN, jax.random.key(key))
+    return start, state, float(loss), float(acc)
+
+
+def assert_every_parameter_changed(before, after):
+    changed = jax.tree.map(lambda a, b: bool(jnp.any(a != b)), before.params, after.params)
+    unchanged = [jax.tree_util.keystr(path) for path, c in jax.tree_util.tree_leaves_with_path(changed)
+                 if not c]
+    assert not unchanged, f"not updated by training: {unchanged}"
+
+
+def assert_sane_epoch(loss: float, acc: float):
+    assert math.isfinite(loss) and 0.0 < loss < 10.0 * math.log(NUM_CLASSES)
+    assert 0.0 <= acc <= 1.0
+
+
+# ---- every activation, every optimizer -----------------------------------------------------
+
+# Compiles dominate the suite's time, so each dense case pairs one activation with one
+# optimizer: every activation and every optimizer gets a real epoch, in max(len) compiles.
+_PAIRS = max(len(ACTIVATIONS), len(OPTIMIZERS))
+DENSE_CASES = [(list(ACTIVATIONS)[i % len(ACTIVATIONS)], list(OPTIMIZERS)[i % len(OPTIMIZERS)])
+               for i in range(_PAIRS)]
+# Every third activation also trains a non-dense family, in rotation (with adam).
+OTHER_FAMILIES = [name for name in MODELS if name != "dense"]
+FAMILY_CASES = [(act, OTHER_FAMILIES[(i // 3) % len(OTHER_FAMILIES)])
+                for i, act in enumerate(ACTIVATIONS) if i % 3 == 2]
+
+
+def test_cases_cover_every_table_entry():
+    assert {act for act, _ in DENSE_CASES} == set(ACTIVATIONS)
+    assert {opt for _, opt in DENSE_CASES} == set(OPTIMIZERS)
+    assert {family for _, family in FAMILY_CASES} == set(OTHER_FAMILIES)
+
+
+@pytest.mark.parametrize("activation,optimizer", DENSE_CASES)
+def test_one_epoch_trains_dense_with_every_activation_and_optimizer(activation, optimizer):
+    model = tiny("dense", registry.activation(activation))
+    start, state, loss, acc = train_one_epoch(model, registry.optimizer(optimizer))
+    assert_sane_epoch(loss, acc)
+    assert_every_parameter_changed(start, state)
+
+
+@pytest.mark.parametrize("activation,family", FAMILY_CASES)
+def test_one_epoch_trains_other_families(activation, family):
+    model = tiny(family, registry.activation(activation))
+    start, state, loss, acc = train_one_epoch(model, registry.optimizer("adam"))
+    assert_sane_epoch(loss, acc)
+    assert_every_parameter_changed(start, state)
+
+
+@pytest.mark.parametrize("name", list(OPTIMIZERS))
+def test_optimizer_default_learning_rate_is_positive_and_used(name):
+    entry = OPTIMIZERS[name]
+    assert math.isfinite(entry.default_lr) and entry.default_lr > 0.0
+    params = {"w": jnp.array([1.0, -2.0, 0.5])}
+    grads = {"w": jnp.array([0.3, -0.1, 0.2])}
+
+    def first_update(tx):
+        updates, _ = tx.update(grads, tx.init(params), params)
+        return updates["w"]
+
+    default = first_update(registry.optimizer(name))
+    np.testing.assert_allclose(default, first_update(entry.make(entry.default_lr)), rtol=1e-6)
+    assert jnp.all(jnp.isfinite(default)) and jnp.any(default != 0.0)
+    # An explicit learning rate replaces the default.
+    explicit = first_update(registry.optimizer(name, 3.0 * entry.default_lr))
+    assert not jnp.allclose(explicit, default)
+
+
+def test_adam_learns_an_easy_problem():
+    """A few epochs take held-out accuracy from chance (0.1) to well above it."""
+    x_test, y_test = synthetic(200, seed=1)
+    program = build_program(tiny("dense", jax.nn.relu, units=16), registry.optimizer("adam", 1e-2),
+                            BATCH)
+    train_epoch, evaluate = jax.jit(program.train_epoch), jax.jit(program.evaluate)
+    state = program.init()
+    loss0, acc0 = evaluate(state.params, x_test, y_test)
+    for epoch in range(6):
+        state, _, _ = train_epoch(state, X_TRAIN, Y_TRAIN, jax.random.key(epoch))
+    loss, acc = evaluate(state.params, x_test, y_test)
+    assert float(acc0) < 0.3
+    assert float(acc) > 0.9
+    assert float(loss) < 0.5 * float(loss0)
+
+
+def test_dropout_reaches_the_model_in_training():
+    """With uses_dropout the same epoch (same batches) gives different parameters."""
+    model = tiny("dense", jax.nn.relu, dropout=0.5)
+    tx = optax.sgd(0.1)
+    _, plain, _, _ = train_one_epoch(model, tx, uses_dropout=False)
+    _, dropped, loss, acc = train_one_epoch(model, tx, uses_dropout=True)
+    assert_sane_epoch(loss, acc)
+    leaves = zip(jax.tree.leaves(plain.params), jax.tree.leaves(dropped.params), strict=True)
+    assert any(not jnp.allclose(a, b) for a, b in leaves)
+
+
+# ---- registry ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("table,find", [(ACTIVATIONS, registry.activation),
+                                        (OPTIMIZERS, registry.optimizer)],
+                         ids=["activation", "optimizer"])
+def test_unknown_name_raises_listing_valid_names(table, find):
+    with pytest.raises(ValueError) as err:
+        find("no-such-name")
+    message = str(err.value)
+    assert "no-such-name" in message
+    for name in table:
+        assert name in message
+
+
+def test_lookup_names_what_it_looked_for():
+    with pytest.raises(ValueError, match=r"unknown widget 'x'; valid: a, b"):
+        registry.lookup({"a": 1, "b": 2}, "x", "widget")
+    assert registry.lookup({"a": 1, "b": 2}, "b", "widget") == 2
+
+
+# Activations whose reference is not jax.nn.<name>.
+REFERENCE_ACTIVATIONS = {"linear": lambda x: x, "tanh": jnp.tanh}
+
+
+@pytest.mark.parametrize("name", [n for n in ACTIVATIONS
+                                  if n in REFERENCE_ACTIVATIONS or hasattr(jax.nn, n)])
+def test_activation_matches_its_reference(name):
+    reference = REFERENCE_ACTIVATIONS.get(name) or getattr(jax.nn, name)
+    x = jnp.linspace(-6.0, 6.0, 49)
+    np.testing.assert_allclose(ACTIVATIONS[name](x), reference(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(ACTIVATIONS))
+def test_activation_has_finite_values_and_gradients(name):
+    fn = ACTIVATIONS[name]
+    x = jnp.linspace(-100.0, 100.0, 201)  # exp(100) overflows float32
+    y, dy = jax.jit(lambda x: (fn(x), jax.vmap(jax.grad(fn))(x)))(x)
+    assert y.shape == x.shape and jnp.all(jnp.isfinite(y))
+    assert not jnp.allclose(y, y[0])
+    assert jnp.all(jnp.isfinite(dy))
+
+
+# ---- evaluation ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("chunk", [64, 250, 1000])
+def test_evaluate_in_chunks_matches_direct_computation(chunk):
+    """250 examples: chunks of 64 leave 6 padding rows that must not count."""
+    model = tiny("dense", jax.nn.relu)
+    # A zero (padding) image is predicted as class 0, the padding label: counting padding
+    # would add correct answers.
+    model.out.bias[...] = jnp.zeros(NUM_CLASSES).at[0].set(1.0)
+    assert int(jnp.argmax(model(jnp.zeros((1, 28, 28))))) == 0
+    x, y = synthetic(250, seed=2)
+    logits = model(x)
+    # Half the labels agree with the model, so accuracy is far from both 0 and 1.
+    y = jnp.where(jnp.arange(250) % 2 == 0, jnp.argmax(logits, -1), y)
+    expected_acc = float(jnp.mean(jnp.argmax(logits, -1) == y))
+    expected_loss = float(optax.softmax_cross_entropy_with_integer_labels(logits, y).mean())
+
+    program = build_program(model, optax.sgd(0.1), BATCH, eval_batch=chunk)
+    loss, acc = program.evaluate(program.init().params, x, y)
+    assert float(acc) == pytest.approx(expected_acc, abs=1e-7)
+    assert float(loss) == pytest.approx(expected_loss, rel=1e-5)
+    assert 0.5 <= expected_acc < 1.0
+
+
+# ---- penalties -----------------------------------------------------------------------------
+
+def dense_kernels(model) -> list[jax.Array]:
+    return [layer.kernel[...] for layer in [*model.hidden, model.out]]
+
+
+@pytest.mark.parametrize("l1,l2", [(0.01, 0.0), (0.0, 0.01), (0.003, 0.02)])
+def test_penalty_is_weighted_sum_over_kernels(l1, l2):
+    model = tiny("dense", jax.nn.relu)
+    # Non-zero biases, which the penalty must leave out.
+    model.out.bias[...] = jnp.full((NUM_CLASSES,), 5.0)
+    _, params = nnx.split(model)
+    kernels = dense_kernels(model)
+    expected = l1 * sum(float(jnp.abs(w).sum()) for w in kernels) \
+        + l2 * sum(float(jnp.square(w).sum()) for w in kernels)
+    assert expected > 0.0
+    assert float(Penalty(l1=l1, l2=l2)(params)) == pytest.approx(expected, rel=1e-5)
+    assert float(Penalty()(params)) == 0.0
+
+
+def test_penalty_enters_the_training_objective():
+    """One full-batch SGD step: penalised minus plain parameters = -lr * d(penalty)/d(params)."""
+    lr, penalty = 0.1, Penalty(l1=0.003, l2=0.02)
+    model = tiny("dense", jax.nn.relu)
+    _, params0 = nnx.split(model)
+    x, y = X_TRAIN[:BATCH], Y_TRAIN[:BATCH]
+
+    def one_step(p):
+        program = build_program(model, optax.sgd(lr), BATCH, penalty=p)
+        state, _, _ = jax.jit(program.train_epoch)(program.init(), x, y, jax.random.key(0))
+        return state.params
+
+    plain, penalised = one_step(Penalty()), one_step(penalty)
+    expected = jax.tree.map(lambda g: -lr * g, jax.grad(penalty)(params0))
+    leaves = zip(jax.tree_util.tree_leaves_with_path(penalised), jax.tree.leaves(plain),
+                 jax.tree.leaves(expected), strict=True)
+    for (where, got), base, want in leaves:
+        np.testing.assert_allclose(got - base, want, atol=1e-6, err_msg=jax.tree_util.keystr(where))
+    # The penalty gradient is non-zero on kernels, so the check above has teeth.
+    assert any(float(jnp.abs(g).max()) > 1e-4 for g in jax.tree.leaves(expected))
