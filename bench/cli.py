@@ -10,7 +10,7 @@ from pathlib import Path
 from bench import data as data_sources
 from bench.compare import METRICS, Thresholds, parse_threshold, run_compare
 from bench.devices import PLATFORMS, DeviceError
-from bench.spec import SpecError, SweepSpec
+from bench.spec import AXES, SpecError, SweepSpec, expand
 from bench.timing import TimingProtocol
 
 DEFAULTS = SweepSpec()
@@ -62,36 +62,43 @@ _units.__name__ = "int"
 
 
 def _add_run_args(p: argparse.ArgumentParser) -> None:
-    axis = p.add_argument_group("sweep axes (comma-separated lists; every combination is a trial)")
-    axis.add_argument("--models", type=_csv(str), default=DEFAULTS.models)
-    axis.add_argument("--activations", type=_csv(str), default=DEFAULTS.activations)
-    axis.add_argument("--optimizers", type=_csv(str), default=DEFAULTS.optimizers)
-    axis.add_argument("--units", type=_csv(_units), default=DEFAULTS.units,
+    """Flags left unset are None, so that a sweep file's value (or the default) applies."""
+    what = p.add_argument_group("what to run (default: the quick preset, 12 trials)")
+    what.add_argument("--sweep", type=Path, metavar="FILE.toml", help="a sweep file (see README)")
+    what.add_argument("--preset", help="a sweep file shipped with bench (see `bench list`)")
+    what.add_argument("--resume", type=Path, metavar="RUN_DIR",
+                      help="continue a run: skip its finished trials, run the rest")
+    axis = p.add_argument_group("sweep axes (comma-separated lists; every combination is a trial; "
+                                "they replace the same axis of a sweep file)")
+    axis.add_argument("--models", type=_csv(str), help=f"default: {','.join(DEFAULTS.models)}")
+    axis.add_argument("--activations", type=_csv(str), help=f"default: {','.join(DEFAULTS.activations)}")
+    axis.add_argument("--optimizers", type=_csv(str), help=f"default: {','.join(DEFAULTS.optimizers)}")
+    axis.add_argument("--units", type=_csv(_units),
                       help="default: each family's reference width (dense 512, conv 32, recurrent 128)")
-    axis.add_argument("--depth", type=_csv(int), default=DEFAULTS.depths, help="dense hidden layers")
-    axis.add_argument("--cell", type=_csv(str), default=DEFAULTS.cells, help="recurrent cell")
-    axis.add_argument("--learning-rate", type=_csv(float), default=DEFAULTS.learning_rates,
+    axis.add_argument("--depth", type=_csv(int), help="dense hidden layers (default 2)")
+    axis.add_argument("--cell", type=_csv(str), help="recurrent cell (default lstm)")
+    axis.add_argument("--learning-rate", type=_csv(float),
                       help="default: each optimizer's own default (see `bench list`)")
-    axis.add_argument("--batch-size", type=_csv(int), default=DEFAULTS.batch_sizes)
-    axis.add_argument("--epochs", type=_csv(int), default=DEFAULTS.epochs)
-    axis.add_argument("--seeds", type=_csv(int), default=DEFAULTS.seeds)
+    axis.add_argument("--batch-size", type=_csv(int), help="default 128")
+    axis.add_argument("--epochs", type=_csv(int), help=f"default {DEFAULTS.epochs[0]}")
+    axis.add_argument("--dropout", type=_csv(float), help="dropout rate after hidden layers (default 0)")
+    axis.add_argument("--l1", type=_csv(float), help="L1 weight penalty on kernels (default 0)")
+    axis.add_argument("--l2", type=_csv(float), help="L2 weight penalty on kernels (default 0)")
+    axis.add_argument("--seeds", type=_csv(int), help="default 0; several seeds are aggregated")
     where = p.add_argument_group("where")
-    where.add_argument("--device", default="auto", help=f"one of {', '.join(PLATFORMS)}")
-    where.add_argument("--data", default="auto",
-                       help="auto, embedded, tfds, or a folder of IDX files / an .npz file")
-    where.add_argument("--dataset", default="mnist",
-                       help=f"for --data tfds: {', '.join(data_sources.TFDS_DATASETS)}")
+    where.add_argument("--device", help=f"one of {', '.join(PLATFORMS)} (default auto)")
+    where.add_argument("--data", help="auto (default), embedded, tfds, or a folder of IDX files / an .npz")
+    where.add_argument("--dataset", help=f"mnist (default); with --data tfds: {', '.join(data_sources.TFDS_DATASETS)}")
     where.add_argument("--data-dir", default=None, help="TFDS data directory")
-    where.add_argument("--out", type=Path, default=None, help="run directory (default reports/<run-id>/)")
+    where.add_argument("--out", type=Path, default=None,
+                       help="run directory (default reports/<run-id>/); an existing one is resumed")
     timing = p.add_argument_group("timing protocol (see README)")
-    timing.add_argument("--repeats", type=_positive, default=TimingProtocol.repeats,
-                        help="timed rounds per trial after the burn-in")
-    timing.add_argument("--burn-in", type=_non_negative, default=TimingProtocol.burn_in,
-                        help="untimed rounds before the timed ones")
-    timing.add_argument("--round-steps", type=_positive, default=TimingProtocol.round_steps,
-                        help="training steps per timed round")
-    timing.add_argument("--targets", type=_csv(_fraction), default=TimingProtocol.targets,
-                        help="test accuracies for time-to-accuracy, e.g. 0.97,0.98,0.99")
+    timing.add_argument("--repeats", type=_positive, help=f"timed rounds per trial (default {TimingProtocol.repeats})")
+    timing.add_argument("--burn-in", type=_non_negative, help=f"untimed rounds first (default {TimingProtocol.burn_in})")
+    timing.add_argument("--round-steps", type=_positive,
+                        help=f"training steps per timed round (default {TimingProtocol.round_steps})")
+    timing.add_argument("--targets", type=_csv(_fraction),
+                        help="test accuracies for time-to-accuracy (default 0.97,0.98,0.99)")
     timing.add_argument("--recalibrate", action="store_true",
                         help="measure the device's peak FLOP/s again instead of using the cache")
     timing.add_argument("--compilation-cache", metavar="DIR", default=None,
@@ -171,11 +178,33 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def spec_from_args(args: argparse.Namespace) -> SweepSpec:
-    return SweepSpec(models=args.models, activations=args.activations, optimizers=args.optimizers,
-                     units=args.units, learning_rates=args.learning_rate,
-                     batch_sizes=args.batch_size, epochs=args.epochs, depths=args.depth,
-                     cells=args.cell, seeds=args.seeds)
+def sweep_from_args(args: argparse.Namespace):
+    """The trials to run: a sweep file or preset with flag overrides, else a grid of the flags."""
+    from bench.sweepfile import Sweep, load_sweep, preset_path
+    overrides = {axis: getattr(args, axis) for axis in AXES if getattr(args, axis) is not None}
+    if args.sweep and args.preset:
+        raise SpecError("give --sweep or --preset, not both")
+    if args.sweep or args.preset:
+        return load_sweep(args.sweep or preset_path(args.preset), overrides)
+    if args.resume and not overrides:
+        return None  # continue the run's own plan
+    spec = dataclasses.replace(SweepSpec(), **overrides)
+    return Sweep(name="cli" if overrides else "quick", trials=tuple(expand(spec)))
+
+
+def options_from_args(args: argparse.Namespace, run: dict):
+    """Run settings: a flag, else the sweep file's [run] table, else the default."""
+    from bench.runner import RunOptions
+    pick = lambda name, default: next(  # noqa: E731
+        v for v in (getattr(args, name), run.get(name), default) if v is not None)
+    base = TimingProtocol()
+    protocol = TimingProtocol(repeats=pick("repeats", base.repeats), burn_in=pick("burn_in", base.burn_in),
+                              round_steps=pick("round_steps", base.round_steps),
+                              targets=tuple(pick("targets", base.targets)))
+    return RunOptions(device=pick("device", "auto"), data=str(pick("data", "auto")),
+                      dataset=pick("dataset", "mnist"), data_dir=pick("data_dir", "") or None,
+                      out=args.resume or args.out, resume_only=args.resume is not None,
+                      protocol=protocol, recalibrate=args.recalibrate)
 
 
 def _enable_compilation_cache(path: str) -> None:
@@ -193,16 +222,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         return run_compare(args.baseline, args.candidate, thresholds_from_args(args),
                            normalize=args.normalize, fmt=args.format, markdown=args.markdown)
-    from bench.runner import RunOptions, run_sweep
+    from bench.runner import run_sweep
     if args.compilation_cache:
         _enable_compilation_cache(args.compilation_cache)
-    protocol = TimingProtocol(repeats=args.repeats, burn_in=args.burn_in,
-                              round_steps=args.round_steps, targets=args.targets)
-    options = RunOptions(device=args.device, data=args.data, dataset=args.dataset,
-                         data_dir=args.data_dir, out=args.out, protocol=protocol,
-                         recalibrate=args.recalibrate)
     try:
-        return run_sweep(spec_from_args(args), options, argv if argv is not None else sys.argv[1:])
+        sweep = sweep_from_args(args)
+        options = options_from_args(args, sweep.run if sweep else {})
+        return run_sweep(sweep, options, argv if argv is not None else sys.argv[1:])
     except (SpecError, DeviceError, data_sources.DataError) as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2

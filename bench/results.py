@@ -26,6 +26,10 @@ def new_run_id(now: dt.datetime | None = None) -> str:
     return now.strftime("%Y%m%d-%H%M%S")
 
 
+def now_iso() -> str:
+    return dt.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
 def package_versions() -> dict:
     """Versions of Python and of the libraries that decide the numbers."""
     versions = {"python": platform.python_version()}
@@ -56,7 +60,7 @@ def make_header(run_id: str, *, device: dict, data: dict, argv: list[str] | None
     return {
         "schema_version": SCHEMA_VERSION,
         "run_id": run_id,
-        "started": dt.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "started": now_iso(),
         "command": " ".join(argv if argv is not None else sys.argv),
         "git_commit": git_commit(),
         "versions": package_versions(),

@@ -16,7 +16,8 @@ from bench.calibrate import calibration
 from bench.devices import device_facts, resolve_device
 from bench.executors import SerialExecutor
 from bench.render import markdown, table, terminal
-from bench.spec import SweepSpec, expand
+from bench.spec import SpecError, TrialConfig
+from bench.sweepfile import Sweep
 from bench.timing import TimingProtocol
 from bench.trial import run_trial
 
@@ -28,38 +29,106 @@ class RunOptions:
     dataset: str = "mnist"
     data_dir: str | None = None
     out: Path | None = None
+    resume_only: bool = False  # --resume: `out` must hold a run to continue
     protocol: TimingProtocol = TimingProtocol()
     recalibrate: bool = False
 
 
-def run_sweep(spec: SweepSpec, options: RunOptions, argv: list[str]) -> int:
-    """Runs every trial of `spec`; returns the process exit status."""
-    configs = expand(spec)
+def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
+    """Runs the sweep's unfinished trials into the run directory; returns the exit status.
+
+    `sweep` None continues the plan recorded in the run directory (--resume alone).
+    """
     data_sources.check_data_args(options.data, options.dataset)
     device = resolve_device(options.device)
+    run_dir = options.out or _fresh_dir(Path("reports") / results.new_run_id())
+    previous = _previous_header(run_dir, options.resume_only)
+    if sweep is None:
+        sweep = _planned_sweep(previous)
     dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
-    run_id = results.new_run_id()
-    run_dir = options.out or _fresh_dir(Path("reports") / run_id)
     peak = calibration(device, use_cache=not options.recalibrate)
-    header = results.make_header(run_id, device=device_facts(device), data=dataset.describe(),
-                                 argv=["python -m bench", *argv],
-                                 extra={"calibration": peak,
-                                        "protocol": dataclasses.asdict(options.protocol)})
+    header = _header(previous, sweep, run_dir, device, dataset, peak, options, argv)
     results.write_header(run_dir, header)
+    finished = {r["key"] for r in results.read_results(run_dir)}
+    todo = [t for t in sweep.trials if t.key() not in finished]
+    _announce(header, sweep, todo, peak)
+    interrupted = _run_all(todo, lambda config, on_epoch: _with_reference(run_trial(
+        config, dataset, device, options.protocol, peak_flops=peak["peak_flops"],
+        on_epoch=on_epoch).to_dict(), sweep.references), run_dir)
+    return _finish(run_dir, header, len(sweep.trials), interrupted)
+
+
+def _previous_header(run_dir: Path, resume_only: bool) -> dict | None:
+    """The header of the run being resumed, None for a new run."""
+    if (run_dir / results.HEADER).exists():
+        return results.read_header(run_dir)
+    if resume_only:
+        raise SpecError(f"--resume {run_dir}: no run to resume there (no {results.HEADER})")
+    return None
+
+
+def _planned_sweep(previous: dict | None) -> Sweep:
+    plan = (previous or {}).get("plan")
+    if not plan:
+        raise SpecError("this run directory records no plan; give the sweep again (flags, --sweep or --preset)")
+    trials = tuple(TrialConfig.from_dict(c) for c in plan)
+    return Sweep(name=previous.get("name", ""), trials=trials,
+                 references=previous.get("references", {}))
+
+
+def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> dict:
+    """A new run's header, or the resumed run's with the new plan merged in."""
+    command = " ".join(["python -m bench", *argv])
+    if previous is None:
+        header = results.make_header(run_dir.name, device=device_facts(device),
+                                     data=dataset.describe(), argv=[command],
+                                     extra={"name": sweep.name, "calibration": peak,
+                                            "protocol": dataclasses.asdict(options.protocol)})
+        header["plan"], header["references"] = [], {}
+    else:
+        header = dict(previous)
+        _check_same_data(header, dataset.describe(), run_dir)
+        header.setdefault("resumed", []).append({"command": command, "at": results.now_iso()})
+    planned = {TrialConfig.from_dict(c).key(): c for c in header["plan"]}
+    planned.update({t.key(): t.to_dict() for t in sweep.trials if t.key() not in planned})
+    header["plan"] = list(planned.values())
+    header["references"] = {**header.get("references", {}), **sweep.references}
+    return header
+
+
+def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
+    keys = ("name", "source", "train_examples", "test_examples")
+    before, now = ({k: d.get(k) for k in keys} for d in (header["data"], data))
+    if before != now:
+        raise SpecError(f"{run_dir} was run on {before}; this data is {now}. Resume with the same "
+                        f"--data, or give a new --out")
+
+
+def _with_reference(record: dict, references: dict) -> dict:
+    record["reference"] = references.get(record["key"])
+    return record
+
+
+def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
     console = terminal.console
-    console.print(f"[bold]bench[/] {len(configs)} trials on {table.device_line(header['device'])}")
+    done = len(sweep.trials) - len(todo)
+    console.print(f"[bold]bench[/] {sweep.name}: {len(sweep.trials)} trials"
+                  + (f", {done} already finished" if done else "")
+                  + f"; {table.device_line(header['device'])}")
     console.print(f"data: {table.data_line(header['data'])}")
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
-    interrupted = _run_all(configs, lambda config, on_epoch: run_trial(
-        config, dataset, device, options.protocol, peak_flops=peak["peak_flops"],
-        on_epoch=on_epoch).to_dict(), run_dir)
+
+
+def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
+    console = terminal.console
     records = results.read_results(run_dir)
     console.print(terminal.results_table(records, title=f"results ({table.data_line(header['data'])})"))
     report = markdown.write_markdown(run_dir)
     console.print(f"results: {run_dir / results.RESULTS}\nreport:  {report}")
     if interrupted:
-        console.print(f"[yellow]interrupted: {len(records)} of {len(configs)} trials finished and saved")
+        console.print(f"[yellow]interrupted: {len(records)} of {planned} trials finished and saved; "
+                      f"continue with: python -m bench run --resume {run_dir}")
         return 130
     return 0
 

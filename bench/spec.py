@@ -67,75 +67,97 @@ class TrialConfig:
 
 @dataclass(frozen=True)
 class SweepSpec:
-    """One tuple per axis; `units` None means each family's reference width."""
+    """A grid: one tuple per axis; `units` None means each family's reference width.
+
+    Axis names are the `bench run` flags' (`--batch-size` is `batch_size`), and
+    the keys of a sweep file's [grid] and [random] tables.
+    """
 
     models: tuple[str, ...] = ("dense", "conv", "recurrent")
     activations: tuple[str, ...] = ("relu", "tanh")
     optimizers: tuple[str, ...] = ("sgd", "adam")
     units: tuple[int | None, ...] = (None,)
-    learning_rates: tuple[float | None, ...] = (None,)
-    batch_sizes: tuple[int, ...] = (128,)
+    depth: tuple[int, ...] = (2,)
+    cell: tuple[str, ...] = ("lstm",)
+    learning_rate: tuple[float | None, ...] = (None,)
+    batch_size: tuple[int, ...] = (128,)
     epochs: tuple[int, ...] = (3,)
-    depths: tuple[int, ...] = (2,)
-    cells: tuple[str, ...] = ("lstm",)
-    dropouts: tuple[float, ...] = (0.0,)
+    dropout: tuple[float, ...] = (0.0,)
     l1: tuple[float, ...] = (0.0,)
     l2: tuple[float, ...] = (0.0,)
     seeds: tuple[int, ...] = (0,)
 
 
 AXES = [f.name for f in dataclasses.fields(SweepSpec)]
+NAME_AXES = {"models": MODELS, "activations": registry.ACTIVATIONS,
+             "optimizers": registry.OPTIMIZERS, "cell": CELLS}
+# axis -> (kind, lower bound, lower bound allowed, upper bound (exclusive) or None)
+NUMBER_AXES = {
+    "units": (int, 0, False, None), "depth": (int, 0, False, None),
+    "batch_size": (int, 0, False, None), "epochs": (int, 0, False, None),
+    "seeds": (int, 0, True, None), "learning_rate": (float, 0, False, None),
+    "dropout": (float, 0, True, 1), "l1": (float, 0, True, None), "l2": (float, 0, True, None),
+}
+
+
+def check_value(axis: str, value) -> None:
+    """Raises SpecError if `value` is not valid on `axis` (None: that axis's default)."""
+    if axis not in NUMBER_AXES and axis not in NAME_AXES:
+        raise SpecError(f"unknown axis {axis!r}; valid: {', '.join(AXES)}")
+    if axis in NAME_AXES:
+        if value not in NAME_AXES[axis]:
+            raise SpecError(f"{axis}: unknown value {value!r}; valid: {', '.join(NAME_AXES[axis])}")
+        return
+    if value is None and axis in ("units", "learning_rate"):
+        return
+    kind, lo, lo_ok, hi = NUMBER_AXES[axis]
+    if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
+        raise SpecError(f"{axis}: {value!r} is not {'a number' if kind is float else 'an integer'}")
+    if value < lo or (value == lo and not lo_ok) or (hi is not None and value >= hi):
+        bound = f"{'>=' if lo_ok else '>'} {lo}" + (f" and < {hi}" if hi is not None else "")
+        raise SpecError(f"{axis}: {value!r} is out of range; must be {bound}")
 
 
 def validate(spec: SweepSpec) -> None:
     """Raises SpecError naming the axis and the valid values for the first bad value."""
-    _check_names("models", spec.models, MODELS)
-    _check_names("activations", spec.activations, registry.ACTIVATIONS)
-    _check_names("optimizers", spec.optimizers, registry.OPTIMIZERS)
-    _check_names("cells", spec.cells, CELLS)
     for axis in AXES:
-        if not getattr(spec, axis):
+        values = getattr(spec, axis)
+        if not values:
             raise SpecError(f"{axis}: give at least one value")
-    _check_numbers("units", [u for u in spec.units if u is not None], int, lo=0)
-    _check_numbers("batch_sizes", spec.batch_sizes, int, lo=0)
-    _check_numbers("epochs", spec.epochs, int, lo=0)
-    _check_numbers("depths", spec.depths, int, lo=0)
-    _check_numbers("seeds", spec.seeds, int, lo=0, lo_open=False)
-    _check_numbers("learning_rates", [r for r in spec.learning_rates if r is not None], float, lo=0)
-    _check_numbers("dropouts", spec.dropouts, float, lo=0, lo_open=False, hi=1)
-    _check_numbers("l1", spec.l1, float, lo=0, lo_open=False)
-    _check_numbers("l2", spec.l2, float, lo=0, lo_open=False)
+        for value in values:
+            check_value(axis, value)
 
 
-def _check_names(axis: str, values, table) -> None:
-    for value in values:
-        if value not in table:
-            raise SpecError(f"{axis}: unknown value {value!r}; valid: {', '.join(table)}")
-
-
-def _check_numbers(axis, values, kind, *, lo, lo_open=True, hi=None) -> None:
-    for value in values:
-        if isinstance(value, bool) or not isinstance(value, (int, float) if kind is float else int):
-            raise SpecError(f"{axis}: {value!r} is not {'a number' if kind is float else 'an integer'}")
-        if value < lo or (lo_open and value == lo) or (hi is not None and value >= hi):
-            bound = f"{'>' if lo_open else '>='} {lo}" + (f" and < {hi}" if hi is not None else "")
-            raise SpecError(f"{axis}: {value!r} is out of range; must be {bound}")
+def make_trial(model: str, units, activation: str, optimizer: str, learning_rate=None,
+               batch_size: int = 128, epochs: int = 3, depth: int = 2, cell: str = "lstm",
+               dropout: float = 0.0, l1: float = 0.0, l2: float = 0.0, seed: int = 0) -> TrialConfig:
+    """A TrialConfig with defaults resolved and options the family ignores cleared."""
+    options = MODELS[model].options
+    return TrialConfig(
+        model=model, units=units or MODELS[model].reference_units, activation=activation,
+        optimizer=optimizer, learning_rate=learning_rate or registry.OPTIMIZERS[optimizer].default_lr,
+        batch_size=batch_size, epochs=epochs, seed=seed,
+        depth=depth if "depth" in options else None, cell=cell if "cell" in options else None,
+        dropout=float(dropout), l1=float(l1), l2=float(l2))
 
 
 def expand(spec: SweepSpec) -> list[TrialConfig]:
-    """The validated, de-duplicated trials of `spec`, in axis order."""
+    """The validated, de-duplicated trials of the grid `spec`, in axis order."""
     validate(spec)
+    grid = itertools.product(*(getattr(spec, axis) for axis in AXES))
+    return unique(make_trial(**_as_kwargs(values)) for values in grid)
+
+
+def _as_kwargs(values) -> dict:
+    kwargs = dict(zip(AXES, values))
+    kwargs["model"], kwargs["activation"] = kwargs.pop("models"), kwargs.pop("activations")
+    kwargs["optimizer"], kwargs["seed"] = kwargs.pop("optimizers"), kwargs.pop("seeds")
+    return kwargs
+
+
+def unique(configs) -> list[TrialConfig]:
+    """`configs` without repeated keys, first occurrence kept."""
     trials: dict[str, TrialConfig] = {}
-    grid = itertools.product(spec.models, spec.units, spec.activations, spec.optimizers,
-                             spec.learning_rates, spec.batch_sizes, spec.epochs, spec.depths,
-                             spec.cells, spec.dropouts, spec.l1, spec.l2, spec.seeds)
-    for model, units, act, opt, lr, batch, epochs, depth, cell, drop, l1, l2, seed in grid:
-        config = TrialConfig(
-            model=model, units=units or MODELS[model].reference_units, activation=act,
-            optimizer=opt, learning_rate=lr or registry.OPTIMIZERS[opt].default_lr,
-            batch_size=batch, epochs=epochs, seed=seed,
-            depth=depth if "depth" in MODELS[model].options else None,
-            cell=cell if "cell" in MODELS[model].options else None,
-            dropout=drop, l1=l1, l2=l2)
+    for config in configs:
         trials.setdefault(config.key(), config)
     return list(trials.values())
