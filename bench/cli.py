@@ -1,4 +1,4 @@
-"""Command line: `python -m bench run | list | compare`. The only module that reads flags."""
+"""Command line: `python -m bench run | list | compare | report`. The only module that reads flags."""
 
 from __future__ import annotations
 
@@ -175,6 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
         "compare", help="regression check: baseline run vs candidate run",
         description="Compare a candidate run with a baseline run, trial by trial.",
         epilog=COMPARE_RULES, formatter_class=argparse.RawDescriptionHelpFormatter))
+    _add_report_args(sub.add_parser(
+        "report", help="render report.md, report.html and results.csv from run directories",
+        description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -193,10 +196,11 @@ def sweep_from_args(args: argparse.Namespace):
 
 
 def options_from_args(args: argparse.Namespace, run: dict):
-    """Run settings: a flag, else the sweep file's [run] table, else the default."""
+    """Run settings: a flag, else what a resumed run recorded, else the sweep file's [run], else the default."""
     from bench.runner import RunOptions
+    recorded = _recorded_settings(args.resume or args.out)
     pick = lambda name, default: next(  # noqa: E731
-        v for v in (getattr(args, name), run.get(name), default) if v is not None)
+        v for v in (getattr(args, name), recorded.get(name), run.get(name), default) if v is not None)
     base = TimingProtocol()
     protocol = TimingProtocol(repeats=pick("repeats", base.repeats), burn_in=pick("burn_in", base.burn_in),
                               round_steps=pick("round_steps", base.round_steps),
@@ -205,6 +209,52 @@ def options_from_args(args: argparse.Namespace, run: dict):
                       dataset=pick("dataset", "mnist"), data_dir=pick("data_dir", "") or None,
                       out=args.resume or args.out, resume_only=args.resume is not None,
                       protocol=protocol, recalibrate=args.recalibrate)
+
+
+def _recorded_settings(run_dir: Path | None) -> dict:
+    """The options and timing protocol a run directory was made with ({} for a new run)."""
+    from bench.results import HEADER, read_header
+    if run_dir is None or not (Path(run_dir) / HEADER).exists():
+        return {}
+    header = read_header(run_dir)
+    return {**header.get("protocol", {}), **header.get("options", {})}
+
+
+REPORT_HELP = """\
+Render the report of one run directory, or of several together (e.g. a CPU run and a
+GPU run side by side: rows are labelled by run, 'name-or-id (platform)').
+Output: with one run and no --out, into the run directory itself; with several runs
+and no --out, into reports/combined-<run-id>+<run-id>... (relative to the current
+directory). Files: report.md, report.html (self-contained, works offline), results.csv."""
+
+
+def _formats(text: str) -> tuple[str, ...]:
+    from bench.render.report import FORMATS
+    items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
+    bad = [t for t in items if t not in FORMATS]
+    if bad or not items:
+        raise argparse.ArgumentTypeError(f"{text!r}: formats are {', '.join(FORMATS)}")
+    return items
+
+
+def _add_report_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dirs", nargs="+", type=Path, metavar="RUN_DIR",
+                   help="run directory (run.json + results.jsonl), or its results.jsonl")
+    p.add_argument("--format", type=_formats, default=("md", "html", "csv"),
+                   help="comma-separated: md, html, csv (default: all three)")
+    p.add_argument("--out", type=Path, default=None, help="output directory (see above)")
+
+
+def run_report(args: argparse.Namespace) -> int:
+    from bench.render.report import render_run
+    from bench.render.runs import ReportError
+    try:
+        paths = render_run(args.run_dirs, args.format, args.out)
+    except (ReportError, OSError, ValueError) as exc:
+        print(f"bench report: error: {exc}", file=sys.stderr)
+        return 2
+    print("\n".join(str(p) for p in paths))
+    return 0
 
 
 def _enable_compilation_cache(path: str) -> None:
@@ -222,6 +272,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "compare":
         return run_compare(args.baseline, args.candidate, thresholds_from_args(args),
                            normalize=args.normalize, fmt=args.format, markdown=args.markdown)
+    if args.command == "report":
+        return run_report(args)
     from bench.runner import run_sweep
     if args.compilation_cache:
         _enable_compilation_cache(args.compilation_cache)

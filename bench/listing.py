@@ -7,6 +7,7 @@ from rich.table import Table
 from bench import data as data_sources
 from bench import registry
 from bench.render.terminal import console
+from bench.sweepfile import expected_runtime, load_sweep, preset_names, preset_path
 from models import CELLS, MODELS
 
 
@@ -32,4 +33,16 @@ def show_list() -> int:
         data.add_row(name, what)
     console.print(data)
     console.print(f"tfds data sets (--dataset): {', '.join(data_sources.TFDS_DATASETS)}")
+    console.print(_presets_table())
     return 0
+
+
+def _presets_table() -> Table:
+    presets = Table(title="presets (--preset)")
+    for col in ("name", "trials", "expected runtime", "description"):
+        presets.add_column(col)
+    for name in preset_names():
+        path = preset_path(name)
+        sweep = load_sweep(path)
+        presets.add_row(name, str(len(sweep.trials)), expected_runtime(path), sweep.description)
+    return presets

@@ -83,10 +83,31 @@ def read_header(run_dir: Path) -> dict:
 
 def append_result(run_dir: Path, record: dict) -> None:
     """Appends one record as a JSON line and forces it to disk."""
+    _end_torn_line(Path(run_dir) / RESULTS)
     with open(Path(run_dir) / RESULTS, "a", encoding="utf-8") as f:
         f.write(json.dumps(_finite(record), allow_nan=False, default=_jsonable) + "\n")
         f.flush()
         os.fsync(f.fileno())
+
+
+def _end_torn_line(file: Path) -> None:
+    """Drops a partial last line (an interrupted write) so the next record starts a line.
+
+    Appending after it would glue the record onto the torn text: the record would be
+    lost, and the broken line would no longer be the last one that readers skip.
+    """
+    if not file.exists() or file.stat().st_size == 0:
+        return
+    with open(file, "rb+") as f:
+        text = f.read()
+        if text.endswith(b"\n"):
+            return
+        start = text.rfind(b"\n") + 1
+        try:
+            json.loads(text[start:])
+            f.write(b"\n")  # a whole record whose newline was not written: keep it
+        except ValueError:
+            f.truncate(start)
 
 
 def _finite(value):

@@ -15,7 +15,8 @@ from bench import results
 from bench.calibrate import calibration
 from bench.devices import device_facts, resolve_device
 from bench.executors import SerialExecutor
-from bench.render import markdown, table, terminal
+from bench.render import table, terminal
+from bench.render.report import render_run
 from bench.spec import SpecError, TrialConfig
 from bench.sweepfile import Sweep
 from bench.timing import TimingProtocol
@@ -83,7 +84,8 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
         header = results.make_header(run_dir.name, device=device_facts(device),
                                      data=dataset.describe(), argv=[command],
                                      extra={"name": sweep.name, "calibration": peak,
-                                            "protocol": dataclasses.asdict(options.protocol)})
+                                            "protocol": dataclasses.asdict(options.protocol),
+                                            "options": _recordable(options)})
         header["plan"], header["references"] = [], {}
     else:
         header = dict(previous)
@@ -96,8 +98,17 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
     return header
 
 
+def _recordable(options: RunOptions) -> dict:
+    """The options a resumed run must reuse (absolute data path: resuming may happen elsewhere)."""
+    data = options.data
+    if data not in ("auto", "embedded", "tfds"):
+        data = str(Path(data).resolve())
+    return {"device": options.device, "data": data, "dataset": options.dataset,
+            "data_dir": options.data_dir}
+
+
 def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
-    keys = ("name", "source", "train_examples", "test_examples")
+    keys = ("name", "source", "location", "train_examples", "test_examples")
     before, now = ({k: d.get(k) for k in keys} for d in (header["data"], data))
     if before != now:
         raise SpecError(f"{run_dir} was run on {before}; this data is {now}. Resume with the same "
@@ -124,8 +135,9 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     console = terminal.console
     records = results.read_results(run_dir)
     console.print(terminal.results_table(records, title=f"results ({table.data_line(header['data'])})"))
-    report = markdown.write_markdown(run_dir)
-    console.print(f"results: {run_dir / results.RESULTS}\nreport:  {report}")
+    reports = render_run([run_dir])
+    console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
+                  + ", ".join(str(path) for path in reports))
     if interrupted:
         console.print(f"[yellow]interrupted: {len(records)} of {planned} trials finished and saved; "
                       f"continue with: python -m bench run --resume {run_dir}")

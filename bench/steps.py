@@ -59,7 +59,7 @@ def build_program(model: nnx.Module, tx: optax.GradientTransformation, batch_siz
     """Splits `model` once and returns the trial's pure functions.
 
     An epoch is every full batch of a fresh permutation (the last partial batch is
-    dropped); a round is the first `round_steps` batches of one (fewer if the epoch is shorter).
+    dropped); a round is `round_steps` batches drawn at random (fewer if an epoch is shorter).
     """
     graphdef, params = nnx.split(model)
 
@@ -77,24 +77,29 @@ def build_program(model: nnx.Module, tx: optax.GradientTransformation, batch_siz
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         return TrainState(optax.apply_updates(state.params, updates), opt_state), (loss, acc)
 
-    def train_steps(state: TrainState, x, y, key, steps: int):
-        perm_key, dropout_key = jax.random.split(key)
-        order = jax.random.permutation(perm_key, x.shape[0])[: steps * batch_size]
-        order = order.reshape(steps, batch_size)
+    def train_steps(state: TrainState, x, y, key, order):
+        """Runs one step per row of `order` (batch indices) in a scan."""
+        dropout_key = jax.random.fold_in(key, 1)
 
         def body(st, i_and_idx):
             i, idx = i_and_idx
-            key = jax.random.fold_in(dropout_key, i) if uses_dropout else None
-            return train_step(st, (x[idx], y[idx], key))
+            step_key = jax.random.fold_in(dropout_key, i) if uses_dropout else None
+            return train_step(st, (x[idx], y[idx], step_key))
 
-        state, (losses, accs) = jax.lax.scan(body, state, (jnp.arange(steps), order))
+        state, (losses, accs) = jax.lax.scan(body, state, (jnp.arange(order.shape[0]), order))
         return state, losses.mean(), accs.mean()
 
     def train_epoch(state: TrainState, x, y, key):
-        return train_steps(state, x, y, key, x.shape[0] // batch_size)
+        steps = x.shape[0] // batch_size
+        order = jax.random.permutation(key, x.shape[0])[: steps * batch_size]
+        return train_steps(state, x, y, key, order.reshape(steps, batch_size))
 
     def train_round(state: TrainState, x, y, key):
-        return train_steps(state, x, y, key, min(round_steps, x.shape[0] // batch_size))
+        # Batches drawn with replacement: a full permutation per short round would
+        # cost more than the steps it feeds and distort the per-step time.
+        steps = min(round_steps, x.shape[0] // batch_size)
+        order = jax.random.randint(key, (steps, batch_size), 0, x.shape[0])
+        return train_steps(state, x, y, key, order)
 
     def evaluate(p, x, y):
         return evaluate_in_chunks(lambda xb: apply(p, xb), x, y, eval_batch)

@@ -92,12 +92,14 @@ _DEVICE_DATA: dict = {}
 
 def place_dataset(dataset: Dataset, device: jax.Device) -> tuple:
     """The data set's four arrays on `device`, transferred once per process."""
-    cache_key = (id(dataset), str(device))
-    if cache_key not in _DEVICE_DATA:
+    cached = _DEVICE_DATA.get(str(device))
+    # Matched by identity, not id(): a freed data set's id is often reused by the next one.
+    if cached is None or cached[0] is not dataset:
         _DEVICE_DATA.clear()  # keep one data set resident, not every one ever seen
         arrays = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
-        _DEVICE_DATA[cache_key] = tuple(jax.device_put(jnp.asarray(a), device) for a in arrays)
-    return _DEVICE_DATA[cache_key]
+        _DEVICE_DATA[str(device)] = (dataset, tuple(jax.device_put(jnp.asarray(a), device)
+                                                    for a in arrays))
+    return _DEVICE_DATA[str(device)][1]
 
 
 def run_trial(config: TrialConfig, dataset: Dataset, device: jax.Device,

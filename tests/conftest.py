@@ -1,0 +1,64 @@
+"""Fixtures shared by the run-level tests: tiny .npz data sets and an isolated environment.
+
+Nothing here touches the network or the user's home: calibration caches under a
+temporary XDG_CACHE_HOME, TFDS looks in an empty temporary folder, and run
+directories are created below the test's own temporary folder.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+# What bench.calibrate.measure_peak returns, for tests that need a calibration but not its cost.
+FAKE_PEAK = {"peak_flops": 1.0e11, "matrix_size": 2048, "seconds": 0.17,
+             "measured": "2025-01-01T00:00:00+0000"}
+
+
+def write_npz(path: Path, n_train: int = 256, n_test: int = 64, seed: int = 0) -> Path:
+    """An MNIST-shaped .npz (uint8 images, integer labels) of random digits."""
+    rng = np.random.default_rng(seed)
+    np.savez(path,
+             x_train=rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+             y_train=rng.integers(0, 10, n_train),
+             x_test=rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+             y_test=rng.integers(0, 10, n_test))
+    return path
+
+
+@contextlib.contextmanager
+def isolated_env(root: Path):
+    """cwd, XDG_CACHE_HOME and TFDS_DATA_DIR inside `root` for the duration."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XDG_CACHE_HOME", str(root / "cache"))
+        mp.setenv("TFDS_DATA_DIR", str(root / "tfds"))
+        mp.chdir(root)
+        yield mp
+
+
+@pytest.fixture
+def isolated(tmp_path):
+    """The test's tmp_path as cwd, with its own calibration cache and TFDS folder."""
+    with isolated_env(tmp_path) as mp:
+        yield mp
+
+
+@pytest.fixture
+def tiny_npz(tmp_path) -> Path:
+    return write_npz(tmp_path / "tiny.npz")
+
+
+@pytest.fixture
+def fake_peak(monkeypatch) -> list:
+    """Replaces the matmul calibration with FAKE_PEAK; the list records each measured device."""
+    calls = []
+
+    def measure(device, size=None, repeats=5):
+        calls.append(device)
+        return dict(FAKE_PEAK)
+
+    monkeypatch.setattr("bench.calibrate.measure_peak", measure)
+    return calls
