@@ -134,7 +134,9 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
 def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
     console = terminal.console
     records = results.read_results(run_dir)
-    console.print(terminal.results_table(records, title=f"results ({table.data_line(header['data'])})"))
+    leaderboard = sorted(records, key=lambda r: -(r.get("test_accuracy") or -1.0))
+    console.print(terminal.results_table(
+        leaderboard, title=f"leaderboard: test accuracy on {table.data_line(header['data'])}"))
     reports = render_run([run_dir])
     console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
                   + ", ".join(str(path) for path in reports))
