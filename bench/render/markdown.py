@@ -1,46 +1,56 @@
-"""report.md: the run's results as GitHub-flavoured Markdown, rendered from its files."""
+"""report.md: the report as GitHub-flavoured Markdown."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
-from bench.render import table
-from bench.results import read_header, read_results
+from bench.render.document import Facts, Para, Report, Section, Table
+
+# Markdown punctuation that could start markup, an HTML tag or an entity: text stays text.
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|&~])")
 
 
-def _md_table(titles: list[str], rows: list[list[str]], right: list[bool]) -> list[str]:
-    esc = lambda cell: str(cell).replace("|", "\\|").replace("\n", " ")  # noqa: E731
-    lines = ["| " + " | ".join(esc(t) for t in titles) + " |",
-             "|" + "|".join("---:" if r else "---" for r in right) + "|"]
-    lines += ["| " + " | ".join(esc(c) for c in row) + " |" for row in rows]
+def md_escape(text: str) -> str:
+    """Plain text made safe for a Markdown paragraph or table cell (one line)."""
+    return _SPECIAL.sub(r"\\\1", " ".join(str(text).splitlines()))
+
+
+def md_table(t: Table) -> list[str]:
+    lines = ["| " + " | ".join(md_escape(c) for c in t.columns) + " |",
+             "|" + "|".join("---:" if r else "---" for r in t.right) + "|"]
+    lines += ["| " + " | ".join(md_escape(c.text) for c in row) + " |" for row in t.rows]
     return lines
 
 
-def render_markdown(run_dir: Path) -> str:
-    """The Markdown report of one run directory."""
-    header, records = read_header(run_dir), read_results(run_dir)
-    counts = {s: sum(r["status"] == s for r in records) for s in ("ok", "diverged", "failed")}
-    lines = [f"# bench run {header['run_id']}", "",
-             f"- **Data**: {table.data_line(header['data'])}. Every accuracy below is on the "
-             f"test split of this data set.",
-             f"- **Device**: {table.device_line(header['device'])}",
-             f"- **Trials**: {len(records)} ({', '.join(f'{n} {s}' for s, n in counts.items())})",
-             f"- **Command**: `{header['command']}`",
-             f"- **Started**: {header['started']}; git commit {header.get('git_commit')}",
-             "", "Compile time is measured ahead of time and is not part of any epoch time. "
-             "Steady epoch time is the median of the epochs after the first.", "",
-             "## Results", ""]
-    lines += _md_table(table.titles(), table.rows(records), table.right_aligned())
-    errors = [r for r in records if r.get("error")]
-    if errors:
-        lines += ["", "## Errors", ""]
-        lines += [f"- {table.TrialConfig.from_dict(r['config']).label()}: `{r['error']}`" for r in errors]
-    versions = ", ".join(f"{k} {v}" for k, v in header["versions"].items())
-    lines += ["", "## Environment", "", versions, ""]
-    return "\n".join(lines)
+def _block(block) -> list[str]:
+    if isinstance(block, Table):
+        head = [f"### {md_escape(block.title)}", ""] if block.title else []
+        tail = ["", md_escape(block.caption)] if block.caption else []
+        return head + md_table(block) + tail
+    if isinstance(block, Facts):
+        return [f"- **{md_escape(k)}**: {md_escape(v)}" for k, v in block.items]
+    if isinstance(block, Para):
+        return [md_escape(block.text)]
+    raise TypeError(f"no Markdown for {type(block).__name__}")
 
 
-def write_markdown(run_dir: Path) -> Path:
-    path = Path(run_dir) / "report.md"
-    path.write_text(render_markdown(run_dir), encoding="utf-8")
+def md_section(section: Section) -> list[str]:
+    lines = [f"## {md_escape(section.title)}", ""]
+    for block in section.blocks:
+        lines += _block(block) + [""]
+    return lines
+
+
+def render_markdown(report: Report) -> str:
+    """The report as one Markdown document."""
+    lines = [f"# {md_escape(report.title)}", ""]
+    for section in report.sections:
+        lines += md_section(section)
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def write_markdown(report: Report, out_dir: Path) -> Path:
+    path = Path(out_dir) / "report.md"
+    path.write_text(render_markdown(report), encoding="utf-8")
     return path

@@ -1,0 +1,167 @@
+"""Seed aggregation: trials that differ only by seed become one group with mean, sd and n.
+
+Figures of a group come from its `ok` trials only: a diverged or failed trial
+has no meaningful accuracy or timing, and its status is counted instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import statistics
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from bench.render.runs import Run
+from bench.spec import TrialConfig
+from bench.trial import STATUSES
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean and sample standard deviation (None below two values) of n values."""
+
+    mean: float | None
+    sd: float | None
+    n: int
+
+
+def stat(values) -> Stat:
+    """The Stat of the non-None values."""
+    values = [float(v) for v in values if v is not None]
+    if not values:
+        return Stat(None, None, 0)
+    sd = statistics.stdev(values) if len(values) > 1 else None
+    return Stat(statistics.fmean(values), sd, len(values))
+
+
+def train_s(record: dict) -> float | None:
+    """Training seconds: the sum of the epoch times (no compilation, no evaluation)."""
+    times = [h.get("epoch_s") for h in record.get("history") or []] or record.get("epoch_s") or []
+    times = [t for t in times if t is not None]
+    return round(sum(times), 6) if times else None  # no float noise in files
+
+
+def time_to(target: str) -> Callable[[dict], float | None]:
+    """Getter: training seconds until test accuracy first reached `target` (None if never)."""
+    return lambda r: ((r.get("time_to_accuracy") or {}).get(target) or {}).get("train_s")
+
+
+METRICS: dict[str, Callable[[dict], object]] = {
+    "test_accuracy": lambda r: r.get("test_accuracy"),
+    "compile_s": lambda r: r.get("compile_s"),
+    "first_epoch_s": lambda r: r.get("first_epoch_s"),
+    "steady_epoch_s": lambda r: r.get("steady_epoch_s"),
+    "train_s": train_s,
+    "step_ms": lambda r: r.get("step_ms"),
+    "samples_per_s": lambda r: r.get("samples_per_s"),
+    "achieved_flops": lambda r: r.get("achieved_flops"),
+    "peak_fraction": lambda r: r.get("peak_fraction"),
+    "params": lambda r: r.get("params"),
+}
+
+
+def seedless(config: dict) -> dict:
+    return {k: v for k, v in config.items() if k != "seed"}
+
+
+FIELD_ORDER = [f.name for f in dataclasses.fields(TrialConfig)]
+
+
+def config_order(config: dict) -> tuple:
+    """A total, type-safe sort key: TrialConfig field order (model, units, ...); None first."""
+    names = [n for n in FIELD_ORDER if n in config] + sorted(set(config) - set(FIELD_ORDER))
+    return tuple((n, *_orderable(config[n])) for n in names)
+
+
+def _orderable(value) -> tuple:
+    if value is None:
+        return (0, "", 0)
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return (1, "", value)
+    return (2, type(value).__name__, str(value))
+
+
+@dataclass(frozen=True)
+class Group:
+    """The trials of one run whose configurations differ only by seed."""
+
+    run: str
+    run_index: int
+    config: dict
+    records: tuple[dict, ...]
+
+    @property
+    def label(self) -> str:
+        return TrialConfig.from_dict({**self.config, "seed": 0}).label()
+
+    @property
+    def family(self) -> str:
+        return self.config["model"]
+
+    @property
+    def ok(self) -> tuple[dict, ...]:
+        return tuple(r for r in self.records if r.get("status") == "ok")
+
+    def metric(self, name: str) -> Stat:
+        """The Stat of a METRICS name, or of any getter, over the ok trials."""
+        get = METRICS[name] if isinstance(name, str) else name
+        return stat(get(r) for r in self.ok)
+
+    def status_counts(self) -> dict[str, int]:
+        names = [*STATUSES, *sorted({r.get("status") for r in self.records} - set(STATUSES))]
+        counts = {s: sum(r.get("status") == s for r in self.records) for s in names}
+        return {s: n for s, n in counts.items() if n}
+
+    def seeds(self) -> list:
+        return sorted(r["config"].get("seed") for r in self.records)
+
+    def sort_key(self) -> tuple:
+        return (self.run_index, config_order(self.config))
+
+
+def group_trials(runs: list[Run]) -> list[Group]:
+    """Every (run, configuration without seed) group, in run order then config order."""
+    groups: dict[tuple, list[dict]] = {}
+    for index, run in enumerate(runs):
+        for record in run.records:
+            key = (index, tuple(sorted(seedless(record["config"]).items(), key=lambda kv: kv[0])))
+            groups.setdefault(key, []).append(record)
+    out = [Group(runs[i].label, i, dict(items), tuple(sorted(recs, key=_record_order)))
+           for (i, items), recs in groups.items()]
+    return sorted(out, key=Group.sort_key)
+
+
+def _record_order(record: dict) -> tuple:
+    return (record["config"].get("seed") or 0, record.get("key") or "")
+
+
+def ranked(groups: list[Group]) -> list[Group]:
+    """Groups with an accuracy, most accurate first (ties: less training time, then config)."""
+    def key(g: Group):
+        acc, time = g.metric("test_accuracy").mean, g.metric("train_s").mean
+        return (-acc, time if time is not None else float("inf"), g.sort_key())
+    return sorted((g for g in groups if g.metric("test_accuracy").mean is not None), key=key)
+
+
+def families(groups: list[Group]) -> list[str]:
+    """Model families present, in name order."""
+    return sorted({g.family for g in groups})
+
+
+def pareto_front(groups: list[Group]) -> list[Group]:
+    """Groups no other group beats on both accuracy (higher) and training time (lower)."""
+    points = [g for g in ranked(groups) if g.metric("train_s").mean is not None]
+    front, best_time = [], float("inf")
+    for g in points:  # most accurate first: on the front iff faster than everything above
+        t = g.metric("train_s").mean
+        if t < best_time:
+            front.append(g)
+            best_time = t
+    return sorted(front, key=lambda g: g.metric("train_s").mean)
+
+
+def targets(runs: list[Run]) -> list[str]:
+    """The time-to-accuracy target keys ('0.97', ...) of the runs, ascending."""
+    keys = {f"{t:g}" for run in runs for t in (run.header.get("protocol") or {}).get("targets", [])}
+    keys |= {k for run in runs for r in run.records for k in (r.get("time_to_accuracy") or {})}
+    return sorted(keys, key=float)

@@ -1,0 +1,82 @@
+"""results.csv: one flat row per trial (config fields, every scalar metric, time to accuracy)."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from bench.render.aggregate import FIELD_ORDER, config_order, targets, train_s
+from bench.render.runs import Run
+
+RUN_COLUMNS = ["run", "run_id", "platform", "device_kind", "data_name", "data_source",
+               "train_examples", "test_examples"]
+METRIC_COLUMNS = ["key", "status", "test_accuracy", "test_loss", "compile_s", "eval_compile_s",
+                  "round_compile_s", "compile_cache_hits", "first_epoch_s", "steady_epoch_s",
+                  "train_s", "epochs_run", "step_ms", "samples_per_s", "flops_per_step",
+                  "achieved_flops", "peak_fraction", "busy", "other_cpu_cores", "params", "wall_s"]
+TTA_FIELDS = ("epoch", "train_s", "with_compile_s")
+TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy", "reference_source", "error"]
+
+
+def _flat(prefix: str, value) -> dict:
+    """Nested dicts as prefix_key columns."""
+    if not isinstance(value, dict):
+        return {prefix: value}
+    out = {}
+    for k, v in value.items():
+        out |= _flat(f"{prefix}_{k}", v)
+    return out
+
+
+def _run_fields(run: Run) -> dict:
+    device, data = run.header.get("device") or {}, run.header.get("data") or {}
+    return {"run": run.label, "run_id": run.header.get("run_id"),
+            "platform": device.get("platform"), "device_kind": device.get("device_kind"), "data_name": data.get("name"),
+            "data_source": data.get("source"), "train_examples": data.get("train_examples"),
+            "test_examples": data.get("test_examples")}
+
+
+def _tta(record: dict, keys: list[str]) -> dict:
+    out = {}
+    for t in keys:
+        hit = (record.get("time_to_accuracy") or {}).get(t) or {}
+        out |= {f"to_{t}_{k}": hit.get(k) for k in TTA_FIELDS}
+    return out
+
+
+def flat_row(run: Run, record: dict, keys: list[str]) -> dict:
+    """One trial as a flat dict of column -> scalar."""
+    ref = record.get("reference") or {}
+    row = _run_fields(run) | {f: record["config"].get(f) for f in FIELD_ORDER}
+    row |= {c: record.get(c) for c in METRIC_COLUMNS}
+    row |= {"train_s": train_s(record), "epochs_run": len(record.get("history") or [])}
+    row |= _flat("round", record.get("round_stats") or {})
+    row |= _flat("memory", record.get("memory") or {})
+    row |= _tta(record, keys)
+    row |= {"reference_name": ref.get("name"), "reference_source": ref.get("source"),
+            "reference_published_test_accuracy": ref.get("published_test_accuracy"),
+            "error": record.get("error")}
+    return row
+
+
+def render_csv(runs: list[Run]) -> str:
+    """Every trial of `runs`, in run order then configuration order, as CSV text."""
+    keys = targets(runs)
+    order = lambda r: (config_order(r["config"]), r.get("key") or "")  # noqa: E731
+    rows = [flat_row(run, r, keys) for run in runs for r in sorted(run.records, key=order)]
+    extra = sorted({c for row in rows for c in row if c.startswith(("round_", "memory_"))}
+                   - set(METRIC_COLUMNS))
+    columns = [*RUN_COLUMNS, *FIELD_ORDER, *METRIC_COLUMNS, *extra,
+               *(f"to_{t}_{k}" for t in keys for k in TTA_FIELDS), *TAIL_COLUMNS]
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({c: "" if row.get(c) is None else row[c] for c in columns} for row in rows)
+    return buffer.getvalue()
+
+
+def write_csv(runs: list[Run], out_dir: Path) -> Path:
+    path = Path(out_dir) / "results.csv"
+    path.write_text(render_csv(runs), encoding="utf-8", newline="")
+    return path
