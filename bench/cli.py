@@ -205,8 +205,12 @@ def options_from_args(args: argparse.Namespace, run: dict):
     protocol = TimingProtocol(repeats=pick("repeats", base.repeats), burn_in=pick("burn_in", base.burn_in),
                               round_steps=pick("round_steps", base.round_steps),
                               targets=tuple(pick("targets", base.targets)))
-    return RunOptions(device=pick("device", "auto"), data=str(pick("data", "auto")),
-                      dataset=pick("dataset", "mnist"), data_dir=pick("data_dir", "") or None,
+    data = str(pick("data", "auto"))
+    # A folder or .npz is labelled by its name unless --dataset says otherwise, so that
+    # Fashion-MNIST files are never reported as "mnist".
+    label = "mnist" if data in ("auto", "embedded", "tfds") else Path(data).resolve().stem
+    return RunOptions(device=pick("device", "auto"), data=data,
+                      dataset=pick("dataset", label), data_dir=pick("data_dir", "") or None,
                       out=args.resume or args.out, resume_only=args.resume is not None,
                       protocol=protocol, recalibrate=args.recalibrate)
 
