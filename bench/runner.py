@@ -15,7 +15,8 @@ from bench import results
 from bench.calibrate import calibration
 from bench.devices import device_facts, resolve_device
 from bench.executors import SerialExecutor
-from bench.render import table, terminal
+from bench.render import terminal
+from bench.render.cells import data_line, device_line
 from bench.render.report import render_run
 from bench.spec import SpecError, TrialConfig
 from bench.sweepfile import Sweep
@@ -125,8 +126,8 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
     done = len(sweep.trials) - len(todo)
     console.print(f"[bold]bench[/] {sweep.name}: {len(sweep.trials)} trials"
                   + (f", {done} already finished" if done else "")
-                  + f"; {table.device_line(header['device'])}")
-    console.print(f"data: {table.data_line(header['data'])}")
+                  + f"; {device_line(header['device'])}")
+    console.print(f"data: {data_line(header['data'])}")
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
 
@@ -136,7 +137,7 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     records = results.read_results(run_dir)
     leaderboard = sorted(records, key=lambda r: -(r.get("test_accuracy") or -1.0))
     console.print(terminal.results_table(
-        leaderboard, title=f"leaderboard: test accuracy on {table.data_line(header['data'])}"))
+        leaderboard, title=f"leaderboard: test accuracy on {data_line(header['data'])}"))
     reports = render_run([run_dir])
     console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
                   + ", ".join(str(path) for path in reports))

@@ -12,7 +12,7 @@ import dataclasses
 import hashlib
 import itertools
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bench import registry
 from models import CELLS, MODELS

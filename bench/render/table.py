@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.render.cells import data_line, device_line, number  # noqa: F401 - runner uses the lines
+from bench.render.cells import number
 from bench.spec import TrialConfig
 
 
