@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.compare import (TITLES, CompareError, Thresholds, compare_records, compare_runs, load_run,
-                           parse_threshold, render_markdown, timing_verdict)
+from bench.compare import (CompareError, Thresholds, compare_records, compare_runs, load_run,
+                           parse_threshold, timing_verdict)
+from bench.render.comparison import TITLES, render_markdown
 from bench.spec import TrialConfig
 
 STEPS = 20  # round_steps of every synthetic record
