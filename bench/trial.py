@@ -132,9 +132,8 @@ def _measure(config, dataset, device, protocol, result: TrialResult, on_epoch) -
         raise ValueError(f"batch size {config.batch_size} exceeds the "
                          f"{len(dataset.y_train)} training examples")
     tx = registry.optimizer(config.optimizer, config.learning_rate)
-    program = build_program(build_model(config), tx, config.batch_size,
-                            penalty=Penalty(config.l1, config.l2),
-                            uses_dropout=config.dropout > 0, round_steps=protocol.round_steps)
+    model = build_model(config)
+    program = _program(model, config, tx, protocol)
     state = jax.device_put(program.init(), device)
     result.params = sum(p.size for p in jax.tree.leaves(state.params))
     key = jax.random.key(config.seed)
@@ -146,7 +145,7 @@ def _measure(config, dataset, device, protocol, result: TrialResult, on_epoch) -
         train_round, result.round_compile_s = compile_ahead(program.train_round, state, x, y,
                                                             key, donate_argnums=0)
     result.compile_cache_hits = cache.hits
-    result.flops_per_step = _step_flops(config, tx, protocol, state, x, y, key)
+    result.flops_per_step = _step_flops(model, program, config, tx, protocol, state, x, y, key)
     result.memory = {"program": costs.program_memory(epoch)}
     state = _train_epochs(config, epoch, evaluate, state, (x, y, x_test, y_test), key, result,
                           on_epoch)
@@ -154,17 +153,21 @@ def _measure(config, dataset, device, protocol, result: TrialResult, on_epoch) -
         _time_rounds(train_round, state, x, y, key, protocol, result)
 
 
-def _step_flops(config, tx, protocol, state, x, y, key) -> float | None:
+def _program(model, config: TrialConfig, tx, protocol: TimingProtocol):
+    return build_program(model, tx, config.batch_size, penalty=Penalty(config.l1, config.l2),
+                         uses_dropout=config.dropout > 0, round_steps=protocol.round_steps)
+
+
+def _step_flops(model, program, config, tx, protocol, state, x, y, key) -> float | None:
     """FLOPs of one training step: XLA's count for a round (a scan, so its body: one step).
 
-    Loops inside a step are counted once too, so models that loop over time are
-    lowered with the loop unrolled for this count (lowered only, never compiled or run).
+    Loops inside a step are counted once too, so a model that loops over time is split
+    again with the loop unrolled for this count (lowered only, never compiled or run).
+    `program` has already split `model`, so changing it here does not affect training.
     """
-    model = build_model(config)
     if hasattr(model, "unroll"):
         model.unroll = True
-    program = build_program(model, tx, config.batch_size, penalty=Penalty(config.l1, config.l2),
-                            uses_dropout=config.dropout > 0, round_steps=protocol.round_steps)
+        program = _program(model, config, tx, protocol)
     return costs.flops(jax.jit(program.train_round).lower(state, x, y, key))
 
 
