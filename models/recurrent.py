@@ -1,54 +1,73 @@
 """recurrent: the 28 image rows read as a 28-step sequence by an LSTM, GRU or simple cell.
 
-The input-to-hidden product of every time step is one matrix product before the
-loop; only the hidden-to-hidden product stays inside `lax.scan`. The gate
-equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and `nnx.SimpleCell` (a test
-checks this). `activation` plays the part of Keras' `activation` argument: it
-replaces tanh on the candidate and output (LSTM), the candidate (GRU) or the
-state (simple cell); the gates keep the sigmoid.
+The parameters are those of a fused cell (`input_proj`: x -> gates, with the bias;
+`recurrent_kernel`: h -> gates). For speed, each step multiplies [h, x_t] by both at
+once and the time loop has a hand-written backward pass (models/recurrence.py says
+why). The gate equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and
+`nnx.SimpleCell` (a test checks this). `activation` plays the part of Keras'
+`activation` argument: it replaces tanh on the candidate and output (LSTM), the
+candidate (GRU) or the state (simple cell); the gates keep the sigmoid.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
 
 import jax
 import jax.numpy as jnp
 from flax import nnx
 
 from models.layers import dropout as apply_dropout, split_keys
+from models.recurrence import recur
 
 
-def lstm_step(act, carry, xw, hw):
-    c, h = carry
-    i, f, g, o = jnp.split(xw + h @ hw, 4, axis=-1)
-    c = jax.nn.sigmoid(f) * c + jax.nn.sigmoid(i) * act(g)
+def lstm_update(act, blocks, carry):
+    i, f, g, o = blocks
+    c = jax.nn.sigmoid(f) * carry[0] + jax.nn.sigmoid(i) * act(g)
     return c, jax.nn.sigmoid(o) * act(c)
 
 
-def gru_step(act, h, xw, hw):
-    xr, xz, xn = jnp.split(xw, 3, axis=-1)
-    hr, hz, hn = jnp.split(h @ hw, 3, axis=-1)
-    r, z = jax.nn.sigmoid(xr + hr), jax.nn.sigmoid(xz + hz)
-    n = act(xn + r * hn)
-    return (1.0 - z) * n + z * h
+def gru_update(act, blocks, carry):
+    r, z, xn, hn = blocks  # the candidate's x and h products stay apart: r scales only h's
+    n = act(xn + jax.nn.sigmoid(r) * hn)
+    z = jax.nn.sigmoid(z)
+    return ((1.0 - z) * n + z * carry[0],)
 
 
-def simple_step(act, h, xw, hw):
-    return act(xw + h @ hw)
+def simple_update(act, blocks, carry):
+    return (act(blocks[0]),)
 
 
-# name -> (gate count, step function, initial carry from a (batch, units) zero array)
-CELLS = {
-    "lstm": (4, lstm_step, lambda zeros: (zeros, zeros)),
-    "gru": (3, gru_step, lambda zeros: zeros),
-    "simple": (1, simple_step, lambda zeros: zeros),
+def same_blocks(input_kernel, input_bias, recurrent_kernel):
+    """Step kernel and bias when the x and h products of each gate are simply summed."""
+    return jnp.concatenate([recurrent_kernel, input_kernel]), input_bias
+
+
+def gru_blocks(input_kernel, input_bias, recurrent_kernel):
+    """Step kernel [[h_r h_z 0 h_n], [x_r x_z x_n 0]]: the candidate's two products apart."""
+    hr, hz, hn = jnp.split(recurrent_kernel, 3, axis=-1)
+    xr, xz, xn = jnp.split(input_kernel, 3, axis=-1)
+    top = jnp.concatenate([hr, hz, jnp.zeros_like(hn), hn], axis=-1)
+    bottom = jnp.concatenate([xr, xz, xn, jnp.zeros_like(xn)], axis=-1)
+    br, bz, bn = jnp.split(input_bias, 3)
+    return jnp.concatenate([top, bottom]), jnp.concatenate([br, bz, bn, jnp.zeros_like(bn)])
+
+
+@dataclass(frozen=True)
+class CellKind:
+    gates: int          # blocks of `units` columns in input_proj and recurrent_kernel
+    update: Callable    # (activation, blocks, carry) -> carry; carry is a tuple ending in h
+    step_kernel: Callable  # (input kernel, input bias, recurrent kernel) -> (kernel, bias)
+    carry_size: int
+
+
+CELLS: dict[str, CellKind] = {
+    "lstm": CellKind(4, lstm_update, same_blocks, 2),
+    "gru": CellKind(3, gru_update, gru_blocks, 1),
+    "simple": CellKind(1, simple_update, same_blocks, 1),
 }
-
-
-def last_state(carry) -> jax.Array:
-    """The hidden state h from a cell's carry ((c, h) for the LSTM)."""
-    return carry[1] if isinstance(carry, tuple) else carry
 
 
 class Recurrent(nnx.Module):
@@ -58,7 +77,7 @@ class Recurrent(nnx.Module):
                  *, cell: str = "lstm", dropout: float = 0.0, input_shape=(28, 28)):
         if cell not in CELLS:
             raise ValueError(f"unknown cell {cell!r}; valid: {', '.join(CELLS)}")
-        gates = CELLS[cell][0]
+        gates = CELLS[cell].gates
         self.input_proj = nnx.Linear(input_shape[1], gates * units, rngs=rngs)
         orthogonal = nnx.initializers.orthogonal()
         self.recurrent_kernel = nnx.Param(orthogonal(rngs.params(), (units, gates * units)))
@@ -72,11 +91,12 @@ class Recurrent(nnx.Module):
         self.unroll: int | bool = 1
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
-        _, step, init = CELLS[self.cell]
-        hw, act = self.recurrent_kernel[...], self.activation
-        xw = jnp.swapaxes(self.input_proj(x), 0, 1)  # (time, batch, gates*units)
-        carry0 = init(jnp.zeros((x.shape[0], self.units), xw.dtype))
-        carry, _ = jax.lax.scan(lambda c, xt: (step(act, c, xt, hw), None), carry0, xw,
-                                unroll=self.unroll)
+        kind = CELLS[self.cell]
+        kernel, bias = kind.step_kernel(self.input_proj.kernel[...], self.input_proj.bias[...],
+                                        self.recurrent_kernel[...])
+        zeros = jnp.zeros((x.shape[0], self.units), x.dtype)
+        carry = recur(partial(kind.update, self.activation), self.unroll, (zeros,) * kind.carry_size,
+                      jnp.swapaxes(x, 0, 1), kernel, bias)  # time-major rows
         (key,) = split_keys(dropout_key, 1)
-        return self.head(apply_dropout(last_state(carry), self.dropout, key))
+        return self.head(apply_dropout(carry[-1], self.dropout, key))
+

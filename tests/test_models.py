@@ -98,7 +98,7 @@ def test_reference_configuration_has_documented_parameter_count(name):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_every_recurrent_cell_returns_logits(cell):
     model = tiny("recurrent", cell=cell)
-    gates = CELLS[cell][0]
+    gates = CELLS[cell].gates
     units = TINY_UNITS["recurrent"]
     assert model.input_proj.kernel.shape == (28, gates * units)
     assert model.recurrent_kernel.shape == (units, gates * units)
@@ -232,6 +232,21 @@ def lstm_reference(model: Recurrent, activation) -> nnx.Module:
     return cell
 
 
+def lstm_reference_grads(grads) -> dict[str, jax.Array]:
+    """The gradient of an nnx.LSTMCell laid out as Recurrent's parameters."""
+    def joined(names, part):
+        return jnp.concatenate([grads[n][part][...] for n in names], axis=-1)
+    return {"input_kernel": joined(["ii", "if_", "ig", "io"], "kernel"),
+            "recurrent_kernel": joined(["hi", "hf", "hg", "ho"], "kernel"),
+            "input_bias": joined(["hi", "hf", "hg", "ho"], "bias")}
+
+
+def fused_reference_grads(grads) -> dict[str, jax.Array]:
+    return {"input_kernel": grads["dense_i"]["kernel"][...],
+            "recurrent_kernel": grads["dense_h"]["kernel"][...],
+            "input_bias": grads["dense_i"]["bias"][...]}
+
+
 def fused_reference(make_cell):
     """A reference for a cell that, like Recurrent, has dense_i (with bias) and dense_h."""
     def reference(model: Recurrent, activation) -> nnx.Module:
@@ -249,21 +264,61 @@ REFERENCE_CELLS = {
     "gru": fused_reference(nnx.GRUCell),
     "simple": fused_reference(nnx.SimpleCell),
 }
+REFERENCE_GRADS = {"lstm": lstm_reference_grads, "gru": fused_reference_grads,
+                   "simple": fused_reference_grads}
 
 
 def test_every_cell_has_a_reference():
-    assert set(REFERENCE_CELLS) == set(CELLS)
+    assert set(REFERENCE_CELLS) == set(CELLS) == set(REFERENCE_GRADS)
+
+
+def model_and_reference(cell: str, activation) -> tuple[Recurrent, nnx.Module, jax.Array]:
+    """A tiny Recurrent, the nnx cell holding the same parameters, and an input."""
+    model = tiny("recurrent", activation, cell=cell)
+    # A random bias, so that a misplaced bias slice cannot go unnoticed.
+    model.input_proj.bias[...] = normal(model.input_proj.bias.shape, 5)
+    return model, REFERENCE_CELLS[cell](model, activation), normal((BATCH, 28, 28), 6)
 
 
 @pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu], ids=["tanh", "relu"])
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_recurrent_matches_nnx_cell(cell, activation):
-    model = tiny("recurrent", activation, cell=cell)
-    # A random bias, so that a misplaced bias slice cannot go unnoticed.
-    model.input_proj.bias[...] = normal(model.input_proj.bias.shape, 5)
-    reference_cell = REFERENCE_CELLS[cell](model, activation)
-    x = normal((BATCH, 28, 28), 6)
+    model, reference_cell, x = model_and_reference(cell, activation)
 
     hidden = nnx.RNN(reference_cell)(x)  # (batch, time, units)
     expected = model.head(hidden[:, -1])
     np.testing.assert_allclose(model(x), expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation", [jnp.tanh, jax.nn.relu], ids=["tanh", "relu"])
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_recurrent_gradients_match_nnx_cell(cell, activation):
+    """The hand-written backward pass of models/recurrence.py against autodiff of nnx's cells."""
+    model, reference_cell, x = model_and_reference(cell, activation)
+    weights = normal((BATCH, 10), 7)
+
+    def loss(module, x):
+        return jnp.sum(module(x) * weights)
+
+    def reference_loss(cell_module, x):
+        return jnp.sum(model.head(nnx.RNN(cell_module)(x)[:, -1]) * weights)
+
+    grads, grad_x = nnx.grad(loss, argnums=(0, 1))(model, x)
+    ref_grads, ref_grad_x = nnx.grad(reference_loss, argnums=(0, 1))(reference_cell, x)
+    expected = REFERENCE_GRADS[cell](ref_grads)
+    close = dict(rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grad_x, ref_grad_x, **close)
+    np.testing.assert_allclose(grads["input_proj"]["kernel"][...], expected["input_kernel"], **close)
+    np.testing.assert_allclose(grads["input_proj"]["bias"][...], expected["input_bias"], **close)
+    np.testing.assert_allclose(grads["recurrent_kernel"][...], expected["recurrent_kernel"], **close)
+
+
+@pytest.mark.parametrize("cell", list(CELLS))
+def test_unrolled_recurrence_computes_the_same(cell):
+    """Cost analysis unrolls the time loops; the function must not change."""
+    model, x = tiny("recurrent", jnp.tanh, cell=cell), images()
+    looped = nnx.grad(lambda m: jnp.sum(m(x)))(model)
+    model.unroll = True
+    unrolled = nnx.grad(lambda m: jnp.sum(m(x)))(model)
+    for a, b in zip(jax.tree.leaves(looped), jax.tree.leaves(unrolled)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
