@@ -1,0 +1,105 @@
+"""Where a training step's time goes: XLA operations ranked by their time per step.
+
+    python benchmarks/profile_step.py --model recurrent --units 128 [--cell gru] [--top 30]
+
+Runs bench's `train_round` program (Adam, relu, batch 128, random data) under
+`jax.profiler.trace` with XLA:CPU's per-operation trace events switched on, and prints
+each operation's mean time per step with its HLO shape and operands. Operations that
+run on several threads are counted once per thread that reported them, so the column
+can add up to more than the step's wall time. A developer's tool (it is how the README's
+"Known gaps" figures were taken), not part of `bench run`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+# Before jax starts its CPU client: ask XLA:CPU for one trace event per operation.
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
+                           + " --xla_cpu_enable_xprof_traceme=true").strip()
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from bench import registry  # noqa: E402
+from bench.spec import make_trial  # noqa: E402
+from bench.steps import build_program  # noqa: E402
+from bench.trial import build_model  # noqa: E402
+
+
+def compiled_round(model: str, units: int | None, cell: str, batch: int, steps: int):
+    config = make_trial(model, units, "relu", "adam", batch_size=batch, cell=cell)
+    program = build_program(build_model(config), registry.optimizer("adam"), batch,
+                            round_steps=steps)
+    rng = np.random.default_rng(0)
+    x = jax.numpy.asarray(rng.random((50 * batch, 28, 28), dtype=np.float32))
+    y = jax.numpy.asarray(rng.integers(0, 10, 50 * batch).astype(np.int32))
+    args = (program.init(), x, y, jax.random.key(0))
+    return jax.jit(program.train_round).lower(*args).compile(), args
+
+
+def operation_times(trace_dir: str) -> collections.Counter:
+    """Total nanoseconds per XLA operation name, from the trace's XLA worker threads."""
+    totals: collections.Counter = collections.Counter()
+    for path in Path(trace_dir).rglob("*.xplane.pb"):
+        for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
+            for line in plane.lines:
+                if not line.name.startswith("tf_XLA"):
+                    continue
+                for event in line.events:
+                    if not event.name.startswith("ThunkExecutor"):
+                        totals[event.name] += event.duration_ns
+    return totals
+
+
+def describe_operations(hlo_text: str) -> dict[str, str]:
+    """Operation name -> 'shape opcode(operands)' from the compiled HLO text."""
+    found = {}
+    for m in re.finditer(r"%([\w.\-]+) = (\S+) ([\w\-]+)\(([^)]*)\)", hlo_text):
+        found[m.group(1)] = f"{m.group(2)} {m.group(3)}({m.group(4).replace('%', '')[:70]})"
+    return found
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default="recurrent")
+    p.add_argument("--units", type=int, default=None, help="default: the reference units")
+    p.add_argument("--cell", default="lstm", help="for --model recurrent")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="steps per profiled round")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--top", type=int, default=25)
+    args = p.parse_args(argv)
+
+    step, (state, x, y, key) = compiled_round(args.model, args.units, args.cell,
+                                              args.batch_size, args.steps)
+    state = jax.block_until_ready(step(state, x, y, key)[0])  # warm-up
+    start = time.perf_counter()
+    for _ in range(args.rounds):
+        state = step(state, x, y, key)[0]
+    jax.block_until_ready(state)
+    seconds = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as trace_dir:
+        with jax.profiler.trace(trace_dir):
+            for _ in range(args.rounds):
+                state = step(state, x, y, key)[0]
+            jax.block_until_ready(state)
+        totals = operation_times(trace_dir)
+    steps = args.rounds * args.steps
+    described = describe_operations(step.as_text())
+    print(f"{args.model}: {seconds / steps * 1e3:.2f} ms per step (wall, not profiled); "
+          f"operations {sum(totals.values()) / steps / 1e6:.2f} ms per step (profiled)")
+    for name, ns in totals.most_common(args.top):
+        print(f"{ns / steps / 1e6:8.3f} ms  {name:34s} {described.get(name, '')}")
+
+
+if __name__ == "__main__":
+    main()
