@@ -8,6 +8,7 @@ Regenerate the expected files after an intended change of the output:
 
 from __future__ import annotations
 
+import csv
 import html
 import json
 import os
@@ -286,3 +287,15 @@ def test_runs_on_different_data_are_flagged_as_not_comparable(tmp_path):
     text = md.read_text(encoding="utf-8")
     assert "test acc % (each run's own data)" in text
     assert "not comparable" in text and "10,000 test examples" in text and "2,000 test examples" in text
+
+
+def test_csv_keeps_formula_like_text_from_running_in_a_spreadsheet(tmp_path):
+    cfg = report_data.config("dense", 8, "relu", "sgd", 0)
+    error = '=HYPERLINK("http://example.invalid","click")'
+    run = report_data.write_run(tmp_path / "run", report_data.header(),
+                                [report_data.record(cfg, status="failed", error=error)])
+    [path] = render_run([run], ("csv",), tmp_path / "out")
+    with open(path, encoding="utf-8", newline="") as f:
+        [row] = list(csv.DictReader(f))
+    assert row["error"] == "'" + error
+    assert row["units"] == "8" and row["status"] == "failed"

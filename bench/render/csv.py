@@ -17,6 +17,9 @@ METRIC_COLUMNS = ["key", "status", "test_accuracy", "test_loss", "compile_s", "e
                   "achieved_flops", "peak_fraction", "busy", "other_cpu_cores", "params", "wall_s"]
 TTA_FIELDS = ("epoch", "train_s", "with_compile_s")
 TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy", "reference_source", "error"]
+# A text cell starting with one of these is a formula to a spreadsheet (an error message
+# such as "=..." or "@..." would run); a leading apostrophe makes it text (OWASP's advice).
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
 
 
 def _flat(prefix: str, value) -> dict:
@@ -60,6 +63,15 @@ def flat_row(run: Run, record: dict, keys: list[str]) -> dict:
     return row
 
 
+def spreadsheet_safe(value):
+    """`value` for a CSV cell: None as empty, formula-like text as text, numbers unchanged."""
+    if value is None:
+        return ""
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
 def render_csv(runs: list[Run]) -> str:
     """Every trial of `runs`, in run order then configuration order, as CSV text."""
     keys = targets(runs)
@@ -72,7 +84,7 @@ def render_csv(runs: list[Run]) -> str:
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()
-    writer.writerows({c: "" if row.get(c) is None else row[c] for c in columns} for row in rows)
+    writer.writerows({c: spreadsheet_safe(row.get(c)) for c in columns} for row in rows)
     return buffer.getvalue()
 
 
