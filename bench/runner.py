@@ -16,8 +16,10 @@ from bench.calibrate import calibration
 from bench.devices import device_facts, resolve_device
 from bench.executors import SerialExecutor
 from bench.render import terminal
+from bench.render.aggregate import group_trials, ranked
 from bench.render.cells import data_line, device_line
 from bench.render.report import render_run
+from bench.render.runs import load_run
 from bench.spec import SpecError, TrialConfig
 from bench.sweepfile import Sweep
 from bench.timing import TimingProtocol
@@ -138,6 +140,11 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     leaderboard = sorted(records, key=lambda r: -(r.get("test_accuracy") or -1.0))
     console.print(terminal.results_table(
         leaderboard, title=f"leaderboard: test accuracy on {data_line(header['data'])}"))
+    groups = group_trials([load_run(run_dir)])
+    if any(len(g.records) > 1 for g in groups):
+        top = ranked(groups)  # then those with no accuracy (every seed failed)
+        groups = top + [g for g in groups if all(g is not t for t in top)]
+        console.print(terminal.seeds_table(groups, title="by configuration: mean ± sd over seeds"))
     reports = render_run([run_dir])
     console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
                   + ", ".join(str(path) for path in reports))

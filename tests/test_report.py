@@ -20,10 +20,12 @@ from pathlib import Path
 import pytest
 
 import report_data
+from bench import results
 from bench.cli import main
 from bench.render.aggregate import Group, pareto_front, stat
 from bench.render.cells import stat_cell
 from bench.render.report import render_run
+from bench.runner import _finish
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_RUN = GOLDEN / "run"
@@ -299,3 +301,25 @@ def test_csv_keeps_formula_like_text_from_running_in_a_spreadsheet(tmp_path):
         [row] = list(csv.DictReader(f))
     assert row["error"] == "'" + error
     assert row["units"] == "8" and row["status"] == "failed"
+
+
+def test_run_end_shows_seed_statistics_per_configuration(tmp_path, capsys):
+    run = report_data.write_run(tmp_path / "run", report_data.header(), report_data.golden_records())
+    records = results.read_results(run)
+    assert _finish(run, results.read_header(run), len(records), interrupted=False) == 0
+    out = capsys.readouterr().out
+    assert "by configuration: mean ± sd over seeds" in out
+    lines = [line for line in out.splitlines() if "conv-16 relu adam" in line]
+    assert len(lines) == 3  # two trials in the per-trial table, one configuration row
+    config_row = [line for line in lines if "0,1" in line]
+    assert len(config_row) == 1 and "±" in config_row[0] and "2 ok" in config_row[0]
+    # A configuration whose one seed failed shows its status and (n=1) statistics.
+    failed = [line for line in out.splitlines() if "conv-16 relu sgd" in line and "0,1" in line]
+    assert "1 ok, 1 failed" in failed[0] and "(n=1)" in failed[0]
+
+
+def test_run_end_shows_no_seed_table_for_single_seed_runs(tmp_path, capsys):
+    cfg = report_data.config("dense", 8, "relu", "sgd", 0)
+    run = report_data.write_run(tmp_path / "run", report_data.header(), [report_data.record(cfg)])
+    _finish(run, results.read_header(run), 1, interrupted=False)
+    assert "mean ± sd over seeds" not in capsys.readouterr().out

@@ -1,15 +1,17 @@
-"""The per-trial table the terminal shows as a run ends: column titles and formatted cells.
+"""The tables the terminal shows as a run ends: column titles and formatted cells.
 
+One row per trial as it finished, and, when configurations ran with several seeds,
+one row per configuration with mean ± sd over its seeds (as the report files show).
 Numbers are formatted by bench.render.cells, like every other table, so the
-terminal and the report files agree. (The report files aggregate seeds; this
-table shows each trial as it finished.)
+terminal and the report files agree.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
-from bench.render.cells import number
+from bench.render.aggregate import Group
+from bench.render.cells import number, stat_cell
 from bench.spec import TrialConfig
 
 
@@ -51,3 +53,26 @@ def right_aligned() -> list[bool]:
 def rows(records: list[dict]) -> list[list[str]]:
     """One list of formatted cells per record, in COLUMNS order."""
     return [[fmt(get(r)) for _, get, fmt, _ in COLUMNS] for r in records]
+
+
+# (title, aggregate metric name, number kind) of the per-configuration table
+GROUP_METRICS: list[tuple[str, str, str]] = [
+    ("test acc %", "test_accuracy", "pct"),
+    ("steady epoch s", "steady_epoch_s", "s"),
+    ("ms/step", "step_ms", "ms"),
+    ("compile s", "compile_s", "s"),
+]
+
+
+def group_titles() -> list[str]:
+    return ["configuration", "seeds", "status", *(title for title, _, _ in GROUP_METRICS)]
+
+
+def group_rows(groups: list[Group]) -> list[list[str]]:
+    """One list of formatted cells per configuration: mean ± sd over its ok seeds."""
+    def row(g: Group) -> list[str]:
+        status = ", ".join(f"{n} {s}" for s, n in g.status_counts().items())
+        stats = [stat_cell(g.metric(name), kind, len(g.records)).text
+                 for _, name, kind in GROUP_METRICS]
+        return [g.label, ",".join(str(s) for s in g.seeds()), status, *stats]
+    return [row(g) for g in groups]
