@@ -4,8 +4,8 @@ Each step computes `z = [h, x_t] @ kernel + bias`, splits it into equal column b
 (the gates) and lets a cell's elementwise update make the next carry:
 `carry = cell(blocks, carry)`, where a carry is a tuple whose last entry is h.
 
-Why not let JAX differentiate a plain `lax.scan` (measured on a 2-core AVX-512 VM,
-LSTM 128, batch 128, one training step inside a jitted scan: 19.0 ms plain, 13.1 ms here):
+Why not let JAX differentiate a plain `lax.scan`: on a 2-core AVX-512 VM, full MNIST,
+batch 128, an LSTM 128 epoch took 9.1 s that way and 6.7 s this way (README, "Measured"):
 - XLA:CPU emits scalar (unvectorised) code for an elementwise fusion that reads two
   slices of one dynamically sliced array. Autodiff saves each step's z as one array and
   reads its gate slices back that way, and a hoisted `x @ W_x` is read that way in the
@@ -16,7 +16,7 @@ LSTM 128, batch 128, one training step inside a jitted scan: 19.0 ms plain, 13.1
   a small one accumulated inside it at every step.
 The backward loop re-runs the cell's elementwise update under `jax.vjp` (cheap,
 vectorised), so any cell and activation gets its exact gradient; a test compares it
-with autodiff of the plain scan.
+with autodiff of nnx's LSTM, GRU and simple cells.
 """
 
 from __future__ import annotations
