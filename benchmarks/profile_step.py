@@ -6,7 +6,8 @@ Runs bench's `train_round` program (Adam, relu, batch 128, random data) under
 `jax.profiler.trace` with XLA:CPU's per-operation trace events switched on, and prints
 each operation's mean time per step with its HLO shape and operands. Operations that
 run on several threads are counted once per thread that reported them, so the column
-can add up to more than the step's wall time. A developer's tool (it is how the README's
+can add up to more than the step's wall time. XLA:CPU only (on a GPU, use the trace
+with TensorBoard or Perfetto instead). A developer's tool (it is how the README's
 "Known gaps" figures were taken), not part of `bench run`.
 """
 
@@ -79,6 +80,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--top", type=int, default=25)
     args = p.parse_args(argv)
 
+    if jax.default_backend() != "cpu":
+        p.error(f"profiles XLA:CPU operations only; the default backend is {jax.default_backend()}")
     step, (state, x, y, key) = compiled_round(args.model, args.units, args.cell,
                                               args.batch_size, args.steps)
     state = jax.block_until_ready(step(state, x, y, key)[0])  # warm-up
