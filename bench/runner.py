@@ -136,11 +136,12 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
 
 def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
     console = terminal.console
-    records = results.read_results(run_dir)
+    run = load_run(run_dir)
+    records = run.records
     leaderboard = sorted(records, key=lambda r: -(r.get("test_accuracy") or -1.0))
     console.print(terminal.results_table(
         leaderboard, title=f"leaderboard: test accuracy on {data_line(header['data'])}"))
-    groups = group_trials([load_run(run_dir)])
+    groups = group_trials([run])
     if any(len(g.records) > 1 for g in groups):
         top = ranked(groups)  # then those with no accuracy (every seed failed)
         groups = top + [g for g in groups if all(g is not t for t in top)]

@@ -20,29 +20,26 @@ import jax.numpy as jnp
 from flax import nnx
 
 
+def shifted_images(x: jax.Array, size: int) -> list[jax.Array]:
+    """The SAME-padded (B, H, W, C) image shifted by each kernel offset, row-major offsets."""
+    pad = (size - 1) // 2  # as XLA SAME: the extra row/column of an even kernel goes after
+    h, w = x.shape[1], x.shape[2]
+    xp = jnp.pad(x, ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad), (0, 0)))
+    return [xp[:, i:i + h, j:j + w, :] for i in range(size) for j in range(size)]
+
+
 def image_patches(x: jax.Array, size: int) -> jax.Array:
     """(B, H, W, C) -> (B, H, W, size*size*C): each pixel's SAME-padded neighbourhood.
 
     The last axis is ordered (row offset, column offset, channel), the order of a
     flattened (kh, kw, in, out) convolution kernel.
     """
-    pad = (size - 1) // 2  # as XLA SAME: the extra row/column of an even kernel goes after
-    h, w = x.shape[1], x.shape[2]
-    xp = jnp.pad(x, ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad), (0, 0)))
-    shifted = [xp[:, i:i + h, j:j + w, :] for i in range(size) for j in range(size)]
-    return jnp.concatenate(shifted, axis=-1)
+    return jnp.concatenate(shifted_images(x, size), axis=-1)
 
 
 def image_shifts(x: jax.Array, size: int) -> jax.Array:
-    """(B, H, W, 1) -> (size*size, B*H*W): image_patches of one channel, transposed.
-
-    Row k is the SAME-padded image shifted by offset k, in image_patches' offset order.
-    """
-    pad = (size - 1) // 2
-    h, w = x.shape[1], x.shape[2]
-    xp = jnp.pad(x[..., 0], ((0, 0), (pad, size - 1 - pad), (pad, size - 1 - pad)))
-    return jnp.stack([xp[:, i:i + h, j:j + w].reshape(-1)
-                      for i in range(size) for j in range(size)])
+    """(B, H, W, 1) -> (size*size, B*H*W): image_patches of one channel, transposed."""
+    return jnp.stack([shifted.reshape(-1) for shifted in shifted_images(x, size)])
 
 
 class PatchConv(nnx.Module):

@@ -112,6 +112,10 @@ class Group:
         counts = {s: sum(r.get("status") == s for r in self.records) for s in names}
         return {s: n for s, n in counts.items() if n}
 
+    def status_summary(self) -> str:
+        """'1 ok, 1 failed': how many trials ended in each status."""
+        return ", ".join(f"{n} {s}" for s, n in self.status_counts().items())
+
     def seeds(self) -> list:
         return sorted(r["config"].get("seed") for r in self.records)
 

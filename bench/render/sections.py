@@ -64,8 +64,7 @@ def _metric(title: str, name, kind: str, missing: str = cells.MISSING) -> Column
 
 
 def _status(g: Group) -> Cell:
-    counts = g.status_counts()
-    return Cell(", ".join(f"{n} {s}" for s, n in counts.items()), counts.get("ok", 0))
+    return Cell(g.status_summary(), g.status_counts().get("ok", 0))
 
 
 def _busy(g: Group) -> Cell:

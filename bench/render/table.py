@@ -68,11 +68,14 @@ def group_titles() -> list[str]:
     return ["configuration", "seeds", "status", *(title for title, _, _ in GROUP_METRICS)]
 
 
+def group_right_aligned() -> list[bool]:
+    return [False, True, False, *(True for _ in GROUP_METRICS)]
+
+
 def group_rows(groups: list[Group]) -> list[list[str]]:
     """One list of formatted cells per configuration: mean ± sd over its ok seeds."""
     def row(g: Group) -> list[str]:
-        status = ", ".join(f"{n} {s}" for s, n in g.status_counts().items())
         stats = [stat_cell(g.metric(name), kind, len(g.records)).text
                  for _, name, kind in GROUP_METRICS]
-        return [g.label, ",".join(str(s) for s in g.seeds()), status, *stats]
+        return [g.label, ",".join(str(s) for s in g.seeds()), g.status_summary(), *stats]
     return [row(g) for g in groups]

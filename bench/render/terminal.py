@@ -15,23 +15,25 @@ if not console.is_terminal:  # piped or logged: don't squeeze tables into 80 col
 
 
 def results_table(records: list[dict], title: str = "results") -> Table:
-    out = Table(title=title, show_lines=False)
-    for name, right in zip(table.titles(), table.right_aligned()):
-        out.add_column(name, justify="right" if right else "left", no_wrap=right)
+    """One row per trial, coloured by status."""
     styles = {"ok": "", "diverged": "yellow", "failed": "red"}
-    for record, cells in zip(records, table.rows(records)):
-        out.add_row(*cells, style=styles.get(record["status"], ""))
-    return out
+    return _table(title, table.titles(), table.right_aligned(), table.rows(records),
+                  [styles.get(r["status"], "") for r in records])
 
 
 def seeds_table(groups: list[Group], title: str) -> Table:
     """One row per configuration, its seeds aggregated (mean ± sd)."""
+    rows = table.group_rows(groups)
+    return _table(title, table.group_titles(), table.group_right_aligned(), rows, [""] * len(rows))
+
+
+def _table(title: str, titles: list[str], right: list[bool], rows: list[list[str]],
+           styles: list[str]) -> Table:
     out = Table(title=title, show_lines=False)
-    for name in table.group_titles():
-        left = name in ("configuration", "status")
-        out.add_column(name, justify="left" if left else "right", no_wrap=not left)
-    for cells in table.group_rows(groups):
-        out.add_row(*cells)
+    for name, right_aligned in zip(titles, right):
+        out.add_column(name, justify="right" if right_aligned else "left", no_wrap=right_aligned)
+    for cells, style in zip(rows, styles):
+        out.add_row(*cells, style=style)
     return out
 
 
