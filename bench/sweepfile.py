@@ -92,6 +92,8 @@ def load_sweep(path: Path, overrides: dict | None = None) -> Sweep:
 
 def _build(doc: dict, overrides: dict, source: str) -> Sweep:
     _check_keys("top level", doc, TOP_KEYS)
+    for axis, values in overrides.items():  # a [random] draw or [[trial]] would not check them
+        _as_tuple("command line:", axis, list(values))
     run = doc.get("run", {})
     _check_keys("[run]", run, RUN_KEYS)
     trials, references = [], {}

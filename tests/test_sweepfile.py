@@ -316,3 +316,19 @@ def test_reference_preset_has_the_published_configurations(name_part, model, acc
     assert ref["source"].strip()
     if model == "recurrent":
         assert trial.cell == "lstm"
+
+
+@pytest.mark.parametrize("table", [
+    '[random]\nsamples = 2\nmodels = "dense"\nunits = 4\n',
+    '[[trial]]\nmodels = "dense"\nunits = 4\n',
+])
+@pytest.mark.parametrize("overrides, expected", [
+    ({"models": ("foo",)}, ["models", "'foo'", *MODELS]),
+    ({"learning_rate": (-1.0,)}, ["learning_rate", "out of range"]),
+])
+def test_command_line_overrides_are_checked_for_every_kind_of_table(write, table, overrides,
+                                                                  expected):
+    with pytest.raises(SpecError) as err:
+        load_sweep(write(table), overrides)
+    for text in ["command line", *expected]:
+        assert text in str(err.value)
