@@ -18,6 +18,7 @@ import jax.numpy as jnp
 
 from bench.devices import device_facts
 from bench.results import package_versions
+from bench.timing import compile_ahead, time_rounds
 
 SIZES = {"cpu": 2048, "gpu": 8192, "tpu": 8192}
 
@@ -38,13 +39,8 @@ def measure_peak(device: jax.Device, size: int | None = None, repeats: int = 5) 
     """Best FLOP/s of `repeats` synchronised (size x size) @ (size x size) fp32 products."""
     n = size or SIZES.get(device.platform, 4096)
     a = jax.device_put(jax.random.normal(jax.random.key(0), (n, n), jnp.float32), device)
-    matmul = jax.jit(lambda x, y: x @ y).lower(a, a).compile()
-    matmul(a, a).block_until_ready()  # warm-up
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        matmul(a, a).block_until_ready()
-        best = min(best, time.perf_counter() - start)
+    matmul, _ = compile_ahead(lambda x, y: x @ y, a, a)
+    best = min(time_rounds(lambda: matmul(a, a), repeats=repeats, burn_in=1))
     return {"peak_flops": round(2 * n**3 / best, 1), "matrix_size": n, "seconds": round(best, 6),
             "measured": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
 

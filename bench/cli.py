@@ -208,7 +208,7 @@ def options_from_args(args: argparse.Namespace, run: dict):
     data = str(pick("data", "auto"))
     # A folder or .npz is labelled by its name unless --dataset says otherwise, so that
     # Fashion-MNIST files are never reported as "mnist".
-    label = "mnist" if data in ("auto", "embedded", "tfds") else Path(data).resolve().stem
+    label = "mnist" if data in data_sources.NAMED_SOURCES else Path(data).resolve().stem
     return RunOptions(device=pick("device", "auto"), data=data,
                       dataset=pick("dataset", label), data_dir=pick("data_dir", "") or None,
                       out=args.resume or args.out, resume_only=args.resume is not None,

@@ -162,9 +162,9 @@ def timing_verdict(baseline: list[float], candidate: list[float], threshold: flo
     if not baseline or not candidate:
         return None, None, "n/a"
     base, cand = statistics.median(baseline), statistics.median(candidate)
-    change = (cand - base) / base if base > 0 else None
-    if change is None:
+    if base <= 0:
         return None, None, "n/a"
+    change = (cand - base) / base
     if min_p_value(len(baseline), len(candidate)) <= alpha:
         p = _mann_whitney(baseline, candidate, slower=change >= 0)
         significant = p <= alpha

@@ -43,6 +43,7 @@ DATA_SOURCES: dict[str, str] = {
     "PATH": "a folder of the four MNIST-format IDX files (raw or .gz), or an .npz with "
             "x_train, y_train, x_test, y_test",
 }
+NAMED_SOURCES = tuple(name for name in DATA_SOURCES if name != "PATH")  # --data other than a path
 
 # IDX file base names per split array; each may also end in .gz, and some mirrors
 # spell them with a dot ("train-images.idx3-ubyte").
@@ -100,7 +101,7 @@ class Dataset:
 
 def check_data_args(data: str, dataset: str) -> None:
     """Raises DataError for an unknown dataset name or a missing path; touches no data."""
-    if data in ("auto", "embedded", "tfds"):
+    if data in NAMED_SOURCES:
         if dataset not in TFDS_DATASETS:
             raise DataError(f"unknown dataset {dataset!r} for --data {data}; "
                             f"valid: {', '.join(TFDS_DATASETS)}")

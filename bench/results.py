@@ -99,9 +99,11 @@ def _end_torn_line(file: Path) -> None:
     if not file.exists() or file.stat().st_size == 0:
         return
     with open(file, "rb+") as f:
-        text = f.read()
-        if text.endswith(b"\n"):
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":  # the usual case: no need to read the records
             return
+        f.seek(0)
+        text = f.read()
         start = text.rfind(b"\n") + 1
         try:
             json.loads(text[start:])

@@ -104,7 +104,7 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
 def _recordable(options: RunOptions) -> dict:
     """The options a resumed run must reuse (absolute data path: resuming may happen elsewhere)."""
     data = options.data
-    if data not in ("auto", "embedded", "tfds"):
+    if data not in data_sources.NAMED_SOURCES:
         data = str(Path(data).resolve())
     return {"device": options.device, "data": data, "dataset": options.dataset,
             "data_dir": options.data_dir}
@@ -144,7 +144,8 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     groups = group_trials([run])
     if any(len(g.records) > 1 for g in groups):
         top = ranked(groups)  # then those with no accuracy (every seed failed)
-        groups = top + [g for g in groups if all(g is not t for t in top)]
+        ranked_ids = {id(g) for g in top}
+        groups = top + [g for g in groups if id(g) not in ranked_ids]
         console.print(terminal.seeds_table(groups, title="by configuration: mean ± sd over seeds"))
     reports = render_run([run_dir])
     console.print(f"results: {run_dir / results.RESULTS}\nreport:  "

@@ -145,14 +145,17 @@ def expand(spec: SweepSpec) -> list[TrialConfig]:
     """The validated, de-duplicated trials of the grid `spec`, in axis order."""
     validate(spec)
     grid = itertools.product(*(getattr(spec, axis) for axis in AXES))
-    return unique(make_trial(**_as_kwargs(values)) for values in grid)
+    return unique(make_trial(**trial_kwargs(dict(zip(AXES, values)))) for values in grid)
 
 
-def _as_kwargs(values) -> dict:
-    kwargs = dict(zip(AXES, values))
-    kwargs["model"], kwargs["activation"] = kwargs.pop("models"), kwargs.pop("activations")
-    kwargs["optimizer"], kwargs["seed"] = kwargs.pop("optimizers"), kwargs.pop("seeds")
-    return kwargs
+# sweep axis -> make_trial argument, where the names differ (plural axis, one value)
+_SINGULAR = {"models": "model", "activations": "activation", "optimizers": "optimizer",
+             "seeds": "seed"}
+
+
+def trial_kwargs(point: dict) -> dict:
+    """make_trial's keyword arguments for one value per sweep axis."""
+    return {_SINGULAR.get(axis, axis): value for axis, value in point.items()}
 
 
 def unique(configs) -> list[TrialConfig]:

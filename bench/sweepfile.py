@@ -34,7 +34,7 @@ from importlib import resources
 from pathlib import Path
 
 from bench.spec import (AXES, SpecError, SweepSpec, TrialConfig, check_value, expand, make_trial,
-                        unique)
+                        trial_kwargs, unique)
 
 TOP_KEYS = ("name", "description", "grid", "random", "trial", "run")
 RUN_KEYS = ("data", "dataset", "data_dir", "device", "repeats", "burn_in", "round_steps", "targets")
@@ -155,7 +155,7 @@ def _random_trials(table: dict, overrides: dict) -> list[TrialConfig]:
     trials = []
     for _ in range(samples):
         point = {axis: draw(rng) for axis, draw in draws.items()}
-        trials += [make_trial(**_kwargs(point), seed=s) for s in seeds]
+        trials += [make_trial(**trial_kwargs(point), seed=s) for s in seeds]
     return trials
 
 
@@ -183,11 +183,6 @@ def _distribution(axis: str, spec: dict):
             raise SpecError(f"[random] {axis}: log_uniform needs 0 < low <= high")
         return lambda rng: math.exp(rng.uniform(math.log(low), math.log(high)))
     return lambda rng: rng.uniform(low, high)
-
-
-def _kwargs(point: dict) -> dict:
-    renamed = {"models": "model", "activations": "activation", "optimizers": "optimizer"}
-    return {renamed.get(k, k): v for k, v in point.items()}
 
 
 def _check_reference(where: str, reference) -> dict:

@@ -108,19 +108,28 @@ class Group:
         return stat(get(r) for r in self.ok)
 
     def status_counts(self) -> dict[str, int]:
-        names = [*STATUSES, *sorted({r.get("status") for r in self.records} - set(STATUSES))]
-        counts = {s: sum(r.get("status") == s for r in self.records) for s in names}
-        return {s: n for s, n in counts.items() if n}
+        return status_counts(self.records)
 
     def status_summary(self) -> str:
-        """'1 ok, 1 failed': how many trials ended in each status."""
-        return ", ".join(f"{n} {s}" for s, n in self.status_counts().items())
+        return status_summary(self.records)
 
     def seeds(self) -> list:
         return sorted(r["config"].get("seed") for r in self.records)
 
     def sort_key(self) -> tuple:
         return (self.run_index, config_order(self.config))
+
+
+def status_counts(records) -> dict[str, int]:
+    """status -> number of records, the known statuses first, absent ones left out."""
+    statuses = [r.get("status") for r in records]
+    names = [*STATUSES, *sorted(set(statuses) - set(STATUSES))]
+    return {s: statuses.count(s) for s in names if statuses.count(s)}
+
+
+def status_summary(records) -> str:
+    """'1 ok, 1 failed': how many records ended in each status."""
+    return ", ".join(f"{n} {s}" for s, n in status_counts(records).items())
 
 
 def group_trials(runs: list[Run]) -> list[Group]:

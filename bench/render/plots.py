@@ -102,11 +102,12 @@ def _tag(g: Group, runs: list[Run]) -> str:
 
 def draw_curves(fig: Figure, runs: list[Run], groups: list[Group]) -> str | None:
     """Test accuracy per epoch of the most accurate configurations of each family."""
-    names = families(ranked(groups))
+    order = ranked(groups)
+    names = families(order)
     if not names:
         return None
     for ax, family in zip(_family_axes(fig, len(names)), names):
-        best = [g for g in ranked(groups) if g.family == family][:CURVES_PER_FAMILY]
+        best = [g for g in order if g.family == family][:CURVES_PER_FAMILY]
         for i, g in enumerate(best):
             epochs, acc = _mean_curve(g)
             ax.plot(epochs, acc, marker=".", color=f"C{i}", linestyle=LINESTYLES[g.run_index % 4],
@@ -154,9 +155,8 @@ def _heatmap(ax, members: list[Group]) -> None:
 
 
 def _best_accuracy(members: list[Group] | None) -> float | None:
-    if not members or members[0].metric("test_accuracy").mean is None:
-        return None
-    return 100 * members[0].metric("test_accuracy").mean
+    mean = members[0].metric("test_accuracy").mean if members else None
+    return None if mean is None else 100 * mean
 
 
 def _scatter_by_family(ax, runs: list[Run], groups: list[Group], x, y) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cached_property
 from pathlib import Path
 
 from bench.render import csv, html, markdown, plots
@@ -13,19 +14,34 @@ from bench.render.sections import build_report
 FORMATS = ("md", "html", "csv")
 
 
-def _markdown(runs: list[Run], out: Path) -> Path:
-    return markdown.write_markdown(build_report(runs), out)
+class _Sources:
+    """What the writers of one render share, each built at most once."""
+
+    def __init__(self, runs: list[Run]):
+        self.runs = runs
+
+    @cached_property
+    def groups(self):
+        return group_trials(self.runs)
+
+    @cached_property
+    def report(self):
+        return build_report(self.runs, self.groups)
 
 
-def _html(runs: list[Run], out: Path) -> Path:
-    return html.write_html(build_report(runs), plots.all_plots(runs, group_trials(runs)), out)
+def _markdown(sources: _Sources, out: Path) -> Path:
+    return markdown.write_markdown(sources.report, out)
 
 
-def _csv(runs: list[Run], out: Path) -> Path:
-    return csv.write_csv(runs, out)
+def _html(sources: _Sources, out: Path) -> Path:
+    return html.write_html(sources.report, plots.all_plots(sources.runs, sources.groups), out)
 
 
-WRITERS: dict[str, Callable[[list[Run], Path], Path]] = {
+def _csv(sources: _Sources, out: Path) -> Path:
+    return csv.write_csv(sources.runs, out)
+
+
+WRITERS: dict[str, Callable[[_Sources, Path], Path]] = {
     "md": _markdown, "html": _html, "csv": _csv}
 
 
@@ -50,4 +66,5 @@ def render_run(run_dirs: list[Path], formats: tuple[str, ...] = FORMATS,
     runs = load_runs([Path(p) for p in run_dirs])
     out = Path(out) if out is not None else default_out(runs)
     out.mkdir(parents=True, exist_ok=True)
-    return [WRITERS[f](runs, out) for f in dict.fromkeys(formats)]
+    sources = _Sources(runs)
+    return [WRITERS[f](sources, out) for f in dict.fromkeys(formats)]

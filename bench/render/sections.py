@@ -8,21 +8,20 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from bench.render import cells
-from bench.render.aggregate import (Group, families, group_trials, pareto_front, ranked, stat, targets,
-                                    time_to)
+from bench.render.aggregate import (Group, families, group_trials, pareto_front, ranked, stat,
+                                    status_summary, targets, time_to)
 from bench.render.cells import Cell, number_cell, stat_cell, text_cell
 from bench.render.document import Block, Facts, Para, Report, Section, Table, table
 from bench.render.runs import Run, data_identity
-from bench.trial import STATUSES
 
 LEADERBOARD_SIZE = 10
 
 Column = tuple[str, bool, Callable[[Group], Cell]]
 
 
-def build_report(runs: list[Run]) -> Report:
-    """The whole report of one or more runs."""
-    groups = group_trials(runs)
+def build_report(runs: list[Run], groups: list[Group] | None = None) -> Report:
+    """The whole report of one or more runs (`groups`: their group_trials, if at hand)."""
+    groups = group_trials(runs) if groups is None else groups
     parts = [summary(runs, groups), leaderboard(runs, groups), pivots(runs, groups),
              pareto(runs, groups), all_configurations(runs, groups), published(runs, groups),
              errors(runs), environment(runs)]
@@ -48,9 +47,13 @@ def _plural(n: int, noun: str) -> str:
 # ---------------------------------------------------------------- columns
 
 
+def _same_data(runs: list[Run]) -> bool:
+    return len({data_identity(run.header) for run in runs}) == 1
+
+
 def _acc_title(runs: list[Run], head: str = "test acc %") -> str:
     """E.g. 'test acc % (mnist, 2,000 test)': an accuracy always names its data."""
-    if len({data_identity(run.header) for run in runs}) == 1:
+    if _same_data(runs):
         return f"{head} ({cells.data_short(runs[0].header.get('data') or {})})"
     return f"{head} (each run's own data)"
 
@@ -96,7 +99,7 @@ def _rows_table(title: str, columns: list[Column], groups: list[Group], caption:
 
 def accuracy_caption(runs: list[Run]) -> str:
     """Which data set and how many test examples produced the accuracies."""
-    if len({data_identity(run.header) for run in runs}) == 1:
+    if _same_data(runs):
         data = runs[0].header.get("data") or {}
         return (f"Test accuracy: % of the {cells.count(data.get('test_examples'))} test examples of "
                 f"{cells.data_name(data)} classified correctly; mean ± sd over seeds.")
@@ -117,10 +120,7 @@ TIMING_NOTE = ("Compilation is timed ahead of time and is never part of an epoch
 
 
 def _status_line(records) -> str:
-    statuses = [r.get("status") for r in records]
-    names = [*STATUSES, *sorted(set(map(str, statuses)) - set(STATUSES))]
-    counts = [(s, statuses.count(s)) for s in names if statuses.count(s)]
-    return f"{len(records)} ({', '.join(f'{n} {s}' for s, n in counts)})"
+    return f"{len(records)} ({status_summary(records)})"
 
 
 def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
@@ -152,7 +152,7 @@ def summary(runs: list[Run], groups: list[Group]) -> Section:
         blocks: list[Block] = [Facts(tuple(_run_facts(runs[0], groups)))]
     else:
         blocks = [Para(f"{len(runs)} runs; every table labels its rows by run."), _runs_table(runs)]
-        if len({data_identity(run.header) for run in runs}) > 1:
+        if not _same_data(runs):
             blocks.append(Para("Warning: the runs used different data sets; accuracies are "
                                "not comparable across runs."))
     blocks += [Para(SEEDS_NOTE), Para(TIMING_NOTE), best_per_family(runs, groups)]
@@ -175,7 +175,8 @@ def best_per_family(runs: list[Run], groups: list[Group]) -> Block:
 
 
 def leaderboard(runs: list[Run], groups: list[Group]) -> Section:
-    top = ranked(groups)[:LEADERBOARD_SIZE]
+    order = ranked(groups)
+    top = order[:LEADERBOARD_SIZE]
     if not top:
         return Section("leaderboard", "Leaderboard", (Para("No trial finished ok."),))
     rank = {id(g): i + 1 for i, g in enumerate(top)}
@@ -183,7 +184,7 @@ def leaderboard(runs: list[Run], groups: list[Group]) -> Section:
                *_columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy", "pct"),
                          TRAIN_S, _metric("steady epoch s", "steady_epoch_s", "s"),
                          _metric("ms/step", "step_ms", "ms"), _metric("compile s", "compile_s", "s"))]
-    caption = (f"Top {len(top)} of {len(ranked(groups))} configurations by mean test accuracy. "
+    caption = (f"Top {len(top)} of {len(order)} configurations by mean test accuracy. "
                + accuracy_caption(runs))
     return Section("leaderboard", "Leaderboard", (_rows_table("", columns, top, caption),))
 

@@ -24,15 +24,15 @@ def results_table(records: list[dict], title: str = "results") -> Table:
 def seeds_table(groups: list[Group], title: str) -> Table:
     """One row per configuration, its seeds aggregated (mean ± sd)."""
     rows = table.group_rows(groups)
-    return _table(title, table.group_titles(), table.group_right_aligned(), rows, [""] * len(rows))
+    return _table(title, table.group_titles(), table.group_right_aligned(), rows)
 
 
 def _table(title: str, titles: list[str], right: list[bool], rows: list[list[str]],
-           styles: list[str]) -> Table:
+           styles: list[str] | None = None) -> Table:
     out = Table(title=title, show_lines=False)
     for name, right_aligned in zip(titles, right):
         out.add_column(name, justify="right" if right_aligned else "left", no_wrap=right_aligned)
-    for cells, style in zip(rows, styles):
+    for cells, style in zip(rows, styles or [""] * len(rows)):
         out.add_row(*cells, style=style)
     return out
 
