@@ -5,7 +5,8 @@ Each step computes `z = [h, x_t] @ kernel + bias`, splits it into equal column b
 `carry = cell(blocks, carry)`, where a carry is a tuple whose last entry is h.
 
 Why not let JAX differentiate a plain `lax.scan`: on a 2-core AVX-512 VM, full MNIST,
-batch 128, an LSTM 128 epoch took 9.1 s that way and 6.7 s this way (README, "Measured"):
+batch 128, an LSTM 128 epoch took 9.1 s that way and 7.3-7.4 s this way (README,
+"Measured", gives the command):
 - XLA:CPU emits scalar (unvectorised) code for an elementwise fusion that reads two
   slices of one dynamically sliced array. Autodiff saves each step's z as one array and
   reads its gate slices back that way, and a hoisted `x @ W_x` is read that way in the

@@ -50,7 +50,9 @@ def gru_blocks(input_kernel, input_bias, recurrent_kernel):
 
     With the x rows and the zero blocks the loop's product is larger (for 128 units,
     156x512 instead of 128x384), and still the whole is faster (GRU 128, full MNIST:
-    7.1 s per epoch with the input product hoisted out of the loop, 6.2 s so).
+    7.1 s per epoch with the input product hoisted out of the loop, 6.2 s so;
+    `python -m bench run --data PATH --models recurrent --cell gru --units 128
+    --activations relu --optimizers adam --epochs 2` before and at commit 5aa5f2d).
     """
     hr, hz, hn = jnp.split(recurrent_kernel, 3, axis=-1)
     xr, xz, xn = jnp.split(input_kernel, 3, axis=-1)
