@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import optax
 
 ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
-    "linear": lambda x: x,
+    "linear": jax.nn.identity,
     "relu": jax.nn.relu,
     "sigmoid": jax.nn.sigmoid,
     "tanh": jnp.tanh,
@@ -25,7 +25,7 @@ ACTIVATIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
     "softplus": jax.nn.softplus,
     "selu": jax.nn.selu,
     "relu6": jax.nn.relu6,
-    "mish": lambda x: x * jnp.tanh(jax.nn.softplus(x)),
+    "mish": jax.nn.mish,
 }
 
 

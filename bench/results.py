@@ -33,7 +33,7 @@ def now_iso() -> str:
 def package_versions() -> dict:
     """Versions of Python and of the libraries that decide the numbers."""
     versions = {"python": platform.python_version()}
-    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "bench"):
+    for name in ("jax", "jaxlib", "flax", "optax", "numpy", "scipy-openblas32", "bench"):
         try:
             versions[name] = metadata.version(name)
         except metadata.PackageNotFoundError:

@@ -24,6 +24,7 @@ from bench.spec import SpecError, TrialConfig
 from bench.sweepfile import Sweep
 from bench.timing import TimingProtocol
 from bench.trial import run_trial
+from models import fused_lstm
 
 
 @dataclass(frozen=True)
@@ -87,6 +88,7 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
         header = results.make_header(run_dir.name, device=device_facts(device),
                                      data=dataset.describe(), argv=[command],
                                      extra={"name": sweep.name, "calibration": peak,
+                                            "fused_lstm_cpu": fused_lstm.status(),
                                             "protocol": dataclasses.asdict(options.protocol),
                                             "options": _recordable(options)})
         header["plan"], header["references"] = [], {}
@@ -132,6 +134,12 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
     console.print(f"data: {data_line(header['data'])}")
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
+    if header["device"]["platform"] == "cpu" and any(_is_lstm(t) for t in sweep.trials):
+        console.print(f"LSTM time loop: fused CPU kernel {fused_lstm.status()}")
+
+
+def _is_lstm(trial: TrialConfig) -> bool:
+    return trial.model == "recurrent" and (trial.cell or "lstm") == "lstm"
 
 
 def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:

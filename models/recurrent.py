@@ -3,7 +3,7 @@
 The parameters are those of a fused cell (`input_proj`: x -> gates, with the bias;
 `recurrent_kernel`: h -> gates). For speed, each step multiplies [h, x_t] by both at
 once and the time loop has a hand-written backward pass (models/recurrence.py says
-why). The gate equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and
+why); on CPU the LSTM's loop is one compiled kernel (models/fused_lstm.py). The gate equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and
 `nnx.SimpleCell` (a test checks this). `activation` plays the part of Keras'
 `activation` argument: it replaces tanh on the candidate and output (LSTM), the
 candidate (GRU) or the state (simple cell); the gates keep the sigmoid.
@@ -19,6 +19,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from models import fused_lstm
 from models.layers import dropout as apply_dropout, split_keys
 from models.recurrence import recur
 
@@ -96,13 +97,26 @@ class Recurrent(nnx.Module):
         # Unrolling the time loop is slower on CPU; cost analysis sets it to True to count
         # every time step's FLOPs (XLA counts a loop body once).
         self.unroll: int | bool = 1
+        self.fused_kernel = True  # False: always XLA's loop (tests compare the two)
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
         kind = CELLS[self.cell]
         kernel, bias = kind.step_kernel(self.input_proj.kernel[...], self.input_proj.bias[...],
                                         self.recurrent_kernel[...])
         zeros = jnp.zeros((x.shape[0], self.units), x.dtype)
-        carry = recur(partial(kind.update, self.activation), self.unroll, (zeros,) * kind.carry_size,
-                      jnp.swapaxes(x, 0, 1), kernel, bias)  # time-major rows
+        args = ((zeros,) * kind.carry_size, jnp.swapaxes(x, 0, 1), kernel, bias)  # time-major
+        xla_loop = partial(recur, partial(kind.update, self.activation), self.unroll)
+        if self._fused(x):
+            fused = partial(fused_lstm.lstm, self.activation)
+            carry = jax.lax.platform_dependent(*args, cpu=fused, default=xla_loop)
+        else:
+            carry = xla_loop(*args)
         (key,) = split_keys(dropout_key, 1)
         return self.head(apply_dropout(carry[-1], self.dropout, key))
+
+    def _fused(self, x: jax.Array) -> bool:
+        """Whether the CPU kernel can run this loop (cost analysis unrolls it instead)."""
+        rolled = self.unroll == 1 and not isinstance(self.unroll, bool)  # True == 1, too
+        return (self.fused_kernel and self.cell == "lstm" and rolled
+                and x.dtype == self.input_proj.kernel.dtype == jnp.float32
+                and fused_lstm.supports(self.activation))

@@ -18,7 +18,7 @@ from bench.spec import TrialConfig
 from bench.sweepfile import preset_names
 from bench.timing import summarize
 from conftest import isolated_env, write_npz
-from models import MODELS
+from models import MODELS, fused_lstm
 
 TINY = ["--models", "dense", "--units", "4", "--optimizers", "adam", "--batch-size", "32",
         "--repeats", "2", "--round-steps", "2"]
@@ -58,8 +58,9 @@ def test_header_says_where_the_numbers_came_from(run, header):
     assert header["schema_version"] == results.SCHEMA_VERSION == 1
     assert header["command"].startswith("python -m bench run --models dense")
     assert f"--out {out}" in header["command"]
-    for package in ("python", "jax", "jaxlib", "flax", "optax"):
+    for package in ("python", "jax", "jaxlib", "flax", "optax", "scipy-openblas32"):
         assert header["versions"][package], package
+    assert header["fused_lstm_cpu"] == fused_lstm.status()  # which LSTM loop timed the trials
     assert header["device"]["platform"] == "cpu"
     assert header["device"]["host_cpu"] and header["device"]["usable_cpu_count"] >= 1
     assert header["data"] == {"name": npz.stem, "source": "npz", "location": str(npz),
@@ -249,3 +250,11 @@ def test_a_new_data_set_in_the_same_process_gets_its_own_arrays(monkeypatch):
         placed = trial.place_dataset(dataset, device)
         assert placed[0].shape == x.shape and float(placed[0][0, 0, 0]) == n
         assert trial.place_dataset(dataset, device)[0] is placed[0]  # cached while in use
+
+
+def test_run_says_which_lstm_loop_it_times(isolated, tiny_npz, fake_peak, capsys):
+    status = main(["run", "--models", "recurrent", "--units", "2", "--activations", "relu",
+                   "--optimizers", "sgd", "--batch-size", "64", "--epochs", "1",
+                   "--data", str(tiny_npz), "--out", "out"])
+    assert status == 0
+    assert f"LSTM time loop: fused CPU kernel {fused_lstm.status()}" in capsys.readouterr().out

@@ -372,6 +372,7 @@ def _environment_rows(header: dict) -> dict[str, str]:
                                     f"(fp32 {peak.get('matrix_size')}² matmul)")
     items |= {f"protocol {k.replace('_', ' ')}": ", ".join(map(str, v)) if isinstance(v, list) else v
               for k, v in (header.get("protocol") or {}).items()}
+    items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
     items["data provenance"] = (header.get("data") or {}).get("provenance")
     return {k: "" if v is None else str(v) for k, v in items.items()}
 

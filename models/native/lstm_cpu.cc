@@ -1,0 +1,340 @@
+// A fused LSTM time loop for XLA:CPU, called through the XLA FFI (models/fused_lstm.py).
+//
+// Why: XLA:CPU runs bench's LSTM step as ~30 small kernels per time step, each paying a
+// launch and thread hand-off; PyTorch's nn.LSTM runs one oneDNN kernel for the whole
+// sequence. Here the whole forward pass is one call and the whole backward pass another:
+// per step one sgemm (OpenBLAS, from the scipy-openblas32 wheel) and one fused elementwise
+// pass. The gate equations are nnx.LSTMCell's with `activation` in place of tanh on the
+// candidate and the output, as in models/recurrent.py's lstm_update.
+//
+// Layouts (row-major, float32): xs (T, B, F); kernel (H + F, 4H), rows for h first, gate
+// columns i, f, g, o; bias (4H). Residuals for the backward pass: hx (T, B, H + F), the
+// step's [h_{t-1}, x_t]; coefs (T, B, 6H), see `Coef`; cs (T, B, H), the cells.
+
+#include <cblas.h>  // scipy-openblas32: its symbols carry the prefix scipy_
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+namespace {
+
+#define INLINE inline __attribute__((always_inline))
+
+// ---- vectorisable float math (GCC turns each loop below into AVX code) --------------
+// libm's expf/logf calls would keep the loops scalar. These are Cephes' single-precision
+// polynomials (about 2 ulp); every function lets NaN through, so a diverging trial still
+// ends with a NaN loss.
+
+INLINE float as_float(uint32_t bits) { float f; std::memcpy(&f, &bits, 4); return f; }
+INLINE uint32_t as_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
+
+INLINE float fast_exp(float x) {
+  float a = x == x ? x : 0.0f;  // NaN is restored at the end
+  a = a > 88.3762626647949f ? 88.3762626647949f : a;
+  a = a < -87.3365447504f ? -87.3365447504f : a;
+  // round(a / ln 2) by the 1.5 * 2^23 trick: std::floor stays scalar unless -fno-trapping-math
+  float n = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = a - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  float scale = as_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return x == x ? p * scale : x;
+}
+
+// log(v) for v >= 1 (all that softplus needs).
+INLINE float fast_log_ge1(float v) {
+  uint32_t bits = as_bits(v);
+  float e = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xff) - 126);
+  float m = as_float((bits & 0x807fffffu) | 0x3f000000u);  // v = m * 2^e, m in [0.5, 1)
+  bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+INLINE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+INLINE float fast_tanh(float x) {
+  float z = x * x;  // small |x|: odd polynomial, accurate near 0
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  float near_zero = p * z * x + x;
+  float far = 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
+  return std::fabs(x) < 0.625f ? near_zero : far;
+}
+
+// ---- activations: value and derivative, as jax.nn defines them ---------------------
+// `forward_with` maps models/fused_lstm.py's ACTIVATION_IDS to these.
+
+struct Linear { static INLINE void eval(float x, float& y, float& d) { y = x; d = 1.0f; } };
+struct Relu {  // jax.nn.relu: max(x, 0), gradient 0 at 0
+  static INLINE void eval(float x, float& y, float& d) { y = x < 0.0f ? 0.0f : x; d = x > 0.0f ? 1.0f : 0.0f; }
+};
+struct Sigmoid {
+  static INLINE void eval(float x, float& y, float& d) { y = sigmoid(x); d = y * (1.0f - y); }
+};
+struct Tanh {
+  static INLINE void eval(float x, float& y, float& d) { y = fast_tanh(x); d = 1.0f - y * y; }
+};
+struct Gelu {  // jax.nn.gelu(approximate=True)
+  static INLINE void eval(float x, float& y, float& d) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    float t = fast_tanh(k * (x + c * x * x * x));
+    y = 0.5f * x * (1.0f + t);
+    d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+  }
+};
+struct Silu {
+  static INLINE void eval(float x, float& y, float& d) {
+    float s = sigmoid(x);
+    y = x * s;
+    d = s * (1.0f + x * (1.0f - s));
+  }
+};
+template <int kSelu>
+struct EluLike {  // elu (alpha 1) and selu
+  static INLINE void eval(float x, float& y, float& d) {
+    const float scale = kSelu ? 1.0507009873554804934f : 1.0f;
+    const float alpha = kSelu ? 1.6732632423543772848f : 1.0f;
+    float e = fast_exp(x > 0.0f ? 0.0f : x);
+    y = scale * (x > 0.0f ? x : alpha * (e - 1.0f));
+    d = scale * (x > 0.0f ? 1.0f : alpha * e);
+  }
+};
+struct LeakyRelu {  // jax.nn.leaky_relu, negative_slope 0.01
+  static INLINE void eval(float x, float& y, float& d) {
+    y = x >= 0.0f ? x : 0.01f * x;
+    d = x >= 0.0f ? 1.0f : 0.01f;
+  }
+};
+struct Softplus {  // log(1 + e^x) = max(x, 0) + log(1 + e^-|x|)
+  static INLINE void eval(float x, float& y, float& d) {
+    y = (x > 0.0f ? x : 0.0f) + fast_log_ge1(1.0f + fast_exp(-std::fabs(x)));
+    y = x == x ? y : x;
+    d = sigmoid(x);
+  }
+};
+struct Relu6 {  // jax.nn.relu6: gradient 0 at 0 and at 6
+  static INLINE void eval(float x, float& y, float& d) {
+    y = x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x);
+    d = ((x > 0.0f) & (x < 6.0f)) ? 1.0f : 0.0f;
+  }
+};
+struct Mish {  // x tanh(softplus(x)); with u = e^x, tanh(softplus(x)) = (u^2 + 2u) / (u^2 + 2u + 2)
+  static INLINE void eval(float x, float& y, float& d) {
+    float u = fast_exp(x < 20.0f ? x : 20.0f);
+    float n = u * u + 2.0f * u;
+    float t = x < 20.0f ? n / (n + 2.0f) : 1.0f;
+    t = x == x ? t : x;
+    y = x * t;
+    d = t + x * (1.0f - t * t) * sigmoid(x);
+  }
+};
+
+// ---- the time loop --------------------------------------------------------------------
+
+struct Shape {
+  int64_t T, B, F, H;
+  int64_t K() const { return H + F; }
+  int64_t G() const { return 4 * H; }
+};
+
+// The forward pass saves, per step and element, the six factors the backward pass needs,
+// so that it computes no activation at all (planes of H floats per batch row):
+enum Coef { kDzI, kDzF, kDzG, kDzO, kDcFromDh, kForget, kCoefs };
+//   d z_i = dc * g i (1 - i)     d z_f = dc * c_{t-1} f (1 - f)     d z_g = dc * i act'(z_g)
+//   d z_o = dh * act(c) o (1 - o)     dc = dc_next + dh * o act'(c)     dc_prev = dc * f
+
+template <class Act>
+void forward(const Shape& s, const float* xs, const float* kernel, const float* bias,
+             const float* h0, const float* c0, float* hx, float* coefs, float* cs,
+             float* h_last, float* c_last) {
+  const int64_t B = s.B, H = s.H, F = s.F, K = s.K(), G = s.G();
+  std::vector<float> z(B * G);
+  for (int64_t r = 0; r < B; ++r) std::memcpy(hx + r * K, h0 + r * H, H * sizeof(float));
+  for (int64_t t = 0; t < s.T; ++t) {
+    float* hx_t = hx + t * B * K;
+    for (int64_t r = 0; r < B; ++r) {
+      std::memcpy(hx_t + r * K + H, xs + (t * B + r) * F, F * sizeof(float));
+      std::memcpy(z.data() + r * G, bias, G * sizeof(float));
+    }
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, G, K, 1.0f, hx_t, K, kernel,
+                      G, 1.0f, z.data(), G);
+    const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+    const bool last = t == s.T - 1;
+    for (int64_t r = 0; r < B; ++r) {
+      const float* zr = z.data() + r * G;
+      const float* cp = c_prev + r * H;
+      float* cr = cs + (t * B + r) * H;
+      float* k = coefs + (t * B + r) * kCoefs * H;
+      float* h_out = last ? h_last + r * H : hx_t + B * K + r * K;  // next step's [h, x]
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        float i = sigmoid(zr[j]), f = sigmoid(zr[H + j]), o = sigmoid(zr[3 * H + j]);
+        float g, dg, ac, dac;
+        Act::eval(zr[2 * H + j], g, dg);
+        float c = f * cp[j] + i * g;
+        Act::eval(c, ac, dac);
+        cr[j] = c;
+        h_out[j] = o * ac;
+        k[kDzI * H + j] = g * i * (1.0f - i);
+        k[kDzF * H + j] = f * (1.0f - f);
+        k[kDzG * H + j] = i * dg;
+        k[kDzO * H + j] = ac * o * (1.0f - o);
+        k[kDcFromDh * H + j] = o * dac;
+        k[kForget * H + j] = f;
+      }
+    }
+  }
+  std::memcpy(c_last, cs + (s.T - 1) * B * H, B * H * sizeof(float));
+}
+
+// d_h, d_c: the loss gradient w.r.t. the last carry on entry, w.r.t. the first on exit.
+void backward(const Shape& s, const float* kernel, const float* c0, const float* coefs,
+              const float* cs, float* d_h, float* d_c, float* d_z) {
+  const int64_t B = s.B, H = s.H, G = s.G();
+  for (int64_t t = s.T - 1; t >= 0; --t) {
+    const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
+    float* dz_t = d_z + t * B * G;
+    for (int64_t r = 0; r < B; ++r) {
+      const float* k = coefs + (t * B + r) * kCoefs * H;
+      const float* cp = c_prev + r * H;
+      float* dzr = dz_t + r * G;
+      float* dh = d_h + r * H;
+      float* dc = d_c + r * H;
+#pragma omp simd
+      for (int64_t j = 0; j < H; ++j) {
+        float dcj = dc[j] + dh[j] * k[kDcFromDh * H + j];
+        dzr[j] = dcj * k[kDzI * H + j];
+        dzr[H + j] = dcj * cp[j] * k[kDzF * H + j];
+        dzr[2 * H + j] = dcj * k[kDzG * H + j];
+        dzr[3 * H + j] = dh[j] * k[kDzO * H + j];
+        dc[j] = dcj * k[kForget * H + j];
+      }
+    }
+    // d h_{t-1} = d z_t @ kernel[:H].T
+    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, G, 1.0f, dz_t, G, kernel, G,
+                      0.0f, d_h, H);
+  }
+}
+
+// d kernel = sum over t of [h_{t-1}, x_t]^T d z_t, as one product; d bias = sum of d z.
+void kernel_gradient(const Shape& s, const float* hx, const float* d_z, float* d_kernel,
+                     float* d_bias) {
+  const int64_t rows = s.T * s.B, K = s.K(), G = s.G();
+  scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, G, rows, 1.0f, hx, K, d_z, G,
+                    0.0f, d_kernel, G);
+  std::memset(d_bias, 0, G * sizeof(float));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = d_z + r * G;
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) d_bias[j] += row[j];
+  }
+}
+
+template <class... Args>
+bool forward_with(int64_t activation, Args&&... args) {
+  switch (activation) {  // the order of models/fused_lstm.py's ACTIVATION_IDS
+    case 0: forward<Linear>(args...); return true;
+    case 1: forward<Relu>(args...); return true;
+    case 2: forward<Sigmoid>(args...); return true;
+    case 3: forward<Tanh>(args...); return true;
+    case 4: forward<Gelu>(args...); return true;
+    case 5: forward<Silu>(args...); return true;
+    case 6: forward<EluLike<0>>(args...); return true;
+    case 7: forward<LeakyRelu>(args...); return true;
+    case 8: forward<Softplus>(args...); return true;
+    case 9: forward<EluLike<1>>(args...); return true;
+    case 10: forward<Relu6>(args...); return true;
+    case 11: forward<Mish>(args...); return true;
+    default: return false;
+  }
+}
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+
+ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t activation,
+                       F32Out h_last, F32Out c_last, F32Out hx, F32Out coefs, F32Out cs) {
+  auto d = xs.dimensions();
+  if (d.size() != 3) return ffi::Error::InvalidArgument("xs must be (time, batch, features)");
+  Shape s{d[0], d[1], d[2], h0.dimensions()[1]};
+  if (kernel.dimensions()[0] != s.K() || kernel.dimensions()[1] != s.G())
+    return ffi::Error::InvalidArgument("kernel must be (units + features, 4 * units)");
+  if (!forward_with(activation, s, xs.typed_data(), kernel.typed_data(), bias.typed_data(),
+                    h0.typed_data(), c0.typed_data(), hx->typed_data(), coefs->typed_data(),
+                    cs->typed_data(), h_last->typed_data(), c_last->typed_data()))
+    return ffi::Error::InvalidArgument("unknown activation id");
+  return ffi::Error::Success();
+}
+
+ffi::Error BackwardImpl(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
+                        F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
+                        F32Out d_bias) {
+  auto d = cs.dimensions();
+  Shape s{d[0], d[1], kernel.dimensions()[0] - d[2], d[2]};
+  const size_t carry_bytes = s.B * s.H * sizeof(float);
+  std::memcpy(d_h0->typed_data(), d_h_last.typed_data(), carry_bytes);
+  std::memcpy(d_c0->typed_data(), d_c_last.typed_data(), carry_bytes);
+  backward(s, kernel.typed_data(), c0.typed_data(), coefs.typed_data(), cs.typed_data(),
+           d_h0->typed_data(), d_c0->typed_data(), d_z->typed_data());
+  kernel_gradient(s, hx.typed_data(), d_z->typed_data(), d_kernel->typed_data(),
+                  d_bias->typed_data());
+  return ffi::Error::Success();
+}
+
+}  // namespace
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchLstmForward, ForwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // xs
+                                  .Arg<F32>()  // kernel
+                                  .Arg<F32>()  // bias
+                                  .Arg<F32>()  // h0
+                                  .Arg<F32>()  // c0
+                                  .Attr<int64_t>("activation")
+                                  .Ret<F32>()  // h_last
+                                  .Ret<F32>()  // c_last
+                                  .Ret<F32>()  // hx
+                                  .Ret<F32>()  // coefs
+                                  .Ret<F32>());  // cs
+
+XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchLstmBackward, BackwardImpl,
+                              ffi::Ffi::Bind()
+                                  .Arg<F32>()  // kernel
+                                  .Arg<F32>()  // c0
+                                  .Arg<F32>()  // coefs
+                                  .Arg<F32>()  // cs
+                                  .Arg<F32>()  // d_h_last
+                                  .Arg<F32>()  // d_c_last
+                                  .Arg<F32>()  // hx
+                                  .Ret<F32>()  // d_z
+                                  .Ret<F32>()  // d_h0
+                                  .Ret<F32>()  // d_c0
+                                  .Ret<F32>()  // d_kernel
+                                  .Ret<F32>());  // d_bias

@@ -1,0 +1,46 @@
+"""Builds the optional fused LSTM kernel for CPU; everything else is in pyproject.toml.
+
+models/native/lstm_cpu.cc is compiled against the XLA FFI headers that jaxlib ships and
+OpenBLAS' headers from scipy-openblas32 (both build requirements), for the CPU of the
+machine that installs it (-march=native). A failed build is only a warning: bench then
+runs XLA's loop (models/fused_lstm.py).
+"""
+
+import importlib.util
+from pathlib import Path
+
+from setuptools import Extension, setup
+from setuptools.command.build_ext import build_ext
+
+
+def _package_dir(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError(f"building the fused LSTM kernel needs {name} installed")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+class BuildWithHeaders(build_ext):
+    """Adds the include folders of the build requirements, found only once they exist."""
+
+    def build_extensions(self):
+        headers = [str(_package_dir("jaxlib") / "include"),
+                   str(_package_dir("scipy_openblas32") / "include")]
+        for extension in self.extensions:
+            extension.include_dirs.extend(headers)
+        super().build_extensions()
+
+
+FUSED_LSTM = Extension(
+    "models.native._lstm_cpu",
+    sources=["models/native/lstm_cpu.cc"],
+    language="c++",
+    # -fno-trapping-math lets GCC vectorise the elementwise loops' selects; the kernel never
+    # reads floating-point exception flags, and NaN still propagates (lstm_cpu.cc).
+    extra_compile_args=["-std=c++17", "-O3", "-march=native", "-fno-math-errno",
+                        "-fno-trapping-math", "-fopenmp-simd"],
+    # OpenBLAS' symbols come from scipy_openblas32, which models/fused_lstm.py imports first.
+    optional=True,
+)
+
+setup(ext_modules=[FUSED_LSTM], cmdclass={"build_ext": BuildWithHeaders})
