@@ -21,7 +21,7 @@ from bench.registry import ACTIVATIONS
 from models import fused_lstm
 from models.recurrence import recur
 from models.recurrent import Recurrent, lstm_update
-from tests.test_models import images, normal, tiny
+from test_models import images, normal, tiny
 
 KERNEL_TARGETS = ("bench_lstm_forward", "bench_lstm_backward")
 
