@@ -62,7 +62,7 @@ def _load() -> str | None:
         for name, symbol in ((_FORWARD, library.BenchLstmForward),
                              (_BACKWARD, library.BenchLstmBackward)):
             jax.ffi.register_ffi_target(name, jax.ffi.pycapsule(symbol), platform="cpu")
-    except (ImportError, OSError, AttributeError) as error:
+    except Exception as error:  # noqa: BLE001  a broken kernel must not stop a run: say why
         return f"cannot load {path.name}: {error}"
     return None
 

@@ -3,8 +3,9 @@
 The parameters are those of a fused cell (`input_proj`: x -> gates, with the bias;
 `recurrent_kernel`: h -> gates). For speed, each step multiplies [h, x_t] by both at
 once and the time loop has a hand-written backward pass (models/recurrence.py says
-why); on CPU the LSTM's loop is one compiled kernel (models/fused_lstm.py). The gate equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and
-`nnx.SimpleCell` (a test checks this). `activation` plays the part of Keras'
+why); on CPU the LSTM's loop is one compiled kernel (models/fused_lstm.py). The gate
+equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and `nnx.SimpleCell` (a test
+checks this). `activation` plays the part of Keras'
 `activation` argument: it replaces tanh on the candidate and output (LSTM), the
 candidate (GRU) or the state (simple cell); the gates keep the sigmoid.
 """
