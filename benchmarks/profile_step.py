@@ -4,9 +4,10 @@
 
 Runs bench's `train_round` program (Adam, relu, batch 128, random data) under
 `jax.profiler.trace` with XLA:CPU's per-operation trace events switched on, and prints
-each operation's mean time per step with its HLO shape and operands. Operations that
-run on several threads are counted once per thread that reported them, so the column
-can add up to more than the step's wall time. XLA:CPU only (on a GPU, use the trace
+each operation's mean own time per step (without the operations nested in it, such as a
+loop's body) with its HLO shape and operands. Operations that run on several threads are
+counted once per thread that reported them, so the column can add up to more than the
+step's wall time. XLA:CPU only (on a GPU, use the trace
 with TensorBoard or Perfetto instead). A developer's tool (it is how the README's
 "Known gaps" figures were taken), not part of `bench run`.
 """
@@ -48,17 +49,37 @@ def compiled_round(model: str, units: int | None, cell: str, batch: int, steps: 
 
 
 def operation_times(trace_dir: str) -> collections.Counter:
-    """Total nanoseconds per XLA operation name, from the trace's XLA worker threads."""
+    """Own nanoseconds per XLA operation name, from the trace's XLA worker threads.
+
+    An event nested in another on the same thread (the operations of a loop body run
+    inside the loop's event, e.g. the fused LSTM kernel's calls) counts for itself only,
+    not again for its parent.
+    """
     totals: collections.Counter = collections.Counter()
     for path in Path(trace_dir).rglob("*.xplane.pb"):
         for plane in jax.profiler.ProfileData.from_file(str(path)).planes:
             for line in plane.lines:
-                if not line.name.startswith("tf_XLA"):
-                    continue
-                for event in line.events:
-                    if not event.name.startswith("ThunkExecutor"):
-                        totals[event.name] += event.duration_ns
+                if line.name.startswith("tf_XLA"):
+                    _add_own_times(line.events, totals)
     return totals
+
+
+def _add_own_times(events, totals: collections.Counter) -> None:
+    open_events: list[list] = []  # [end_ns, name, own_ns], outermost first
+    for event in sorted(events, key=lambda e: (e.start_ns, -e.duration_ns)):
+        while open_events and open_events[-1][0] <= event.start_ns:
+            _close(open_events.pop(), totals)
+        if open_events:
+            open_events[-1][2] -= event.duration_ns
+        open_events.append([event.start_ns + event.duration_ns, event.name, event.duration_ns])
+    while open_events:
+        _close(open_events.pop(), totals)
+
+
+def _close(entry: list, totals: collections.Counter) -> None:
+    _, name, own_ns = entry
+    if not name.startswith("ThunkExecutor"):
+        totals[name] += own_ns
 
 
 def describe_operations(hlo_text: str) -> dict[str, str]:

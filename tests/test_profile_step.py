@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import collections
+import importlib.util
 import os
 import re
 import subprocess
 import sys
+from collections import namedtuple
 from pathlib import Path
 
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
@@ -23,3 +26,17 @@ def test_profile_step_lists_the_step_operations_with_their_times():
     assert ops, run.stdout
     # The dense network's forward pass is matrix products: one must appear with its shape.
     assert any("f32[8," in line for line in ops), run.stdout
+
+
+def test_nested_operations_count_only_their_own_time(monkeypatch):
+    """A loop's event encloses its body's events (the fused LSTM's calls): no double count."""
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import appends to it
+    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
+    profile_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_step)
+    Event = namedtuple("Event", "name start_ns duration_ns")
+    events = [Event("fusion", 120, 5), Event("while.1", 0, 100), Event("ffi_call.1", 10, 30),
+              Event("ffi_call.2", 50, 40), Event("ThunkExecutor::Execute", 0, 200)]
+    totals = collections.Counter()
+    profile_step._add_own_times(events, totals)
+    assert totals == {"while.1": 30, "ffi_call.1": 30, "ffi_call.2": 40, "fusion": 5}
