@@ -120,7 +120,7 @@ def test_xla_loop_runs_where_the_kernel_does_not_apply(change):
     cell = change if change in ("gru", "simple") else "lstm"
     activation = (lambda x: x * jax.nn.sigmoid(x)) if change == "other activation" else jax.nn.relu
     model = tiny("recurrent", activation, cell=cell)
-    model.unroll = change == "unrolled" or 1
+    model.unroll = True if change == "unrolled" else 1
     model.fused_kernel = change != "switched off"
     assert custom_calls(model, "cpu") == set()
 
