@@ -1,16 +1,16 @@
 """Layers shared by the model families, written for speed on XLA:CPU.
 
 `PatchConv` computes a SAME, stride-1 convolution as one matrix product over
-image patches (im2col). XLA:CPU runs small convolutions slowly, and ten times
-slower again inside `lax.scan` (jax-ml/jax#12868); a dot product does not
-suffer from either. Its parameters have the shapes of `nnx.Conv`'s, and a test
-checks that both compute the same function.
+image patches (im2col) instead of XLA's convolution, which is slow on XLA:CPU in
+a training loop: its kernel-gradient convolution above all, and small
+convolutions inside `lax.scan` (jax-ml/jax#12868). A dot product suffers from
+neither. Its parameters have the shapes of `nnx.Conv`'s, and a test checks that
+both compute the same function.
 
 For a single input channel (the first layer on MNIST) the patches are laid out
 transposed, one row per kernel offset: the kernel gradient is then a plain matrix
-product, where the (pixels, offsets) layout made XLA transpose the 12.8 MB output
-gradient first (conv 32, batch 128: 34.1-34.7 -> 31.8-32.5 ms per training step,
-`python benchmarks/profile_step.py --model conv` at commits 165c3b5 and 07d0b5f).
+product, where the (pixels, offsets) layout made XLA transpose the output gradient
+first. Figures and commands for both choices: docs/measurements.md.
 """
 
 from __future__ import annotations

@@ -4,9 +4,8 @@ Each step computes `z = [h, x_t] @ kernel + bias`, splits it into equal column b
 (the gates) and lets a cell's elementwise update make the next carry:
 `carry = cell(blocks, carry)`, where a carry is a tuple whose last entry is h.
 
-Why not let JAX differentiate a plain `lax.scan`: on a 2-core AVX-512 VM, full MNIST,
-batch 128, an LSTM 128 epoch took 9.1 s that way and 7.3-7.4 s this way (README,
-"Measured", gives the command):
+Why not let JAX differentiate a plain `lax.scan`: on XLA:CPU an LSTM epoch is markedly
+slower that way (docs/measurements.md gives the figures and the command), because:
 - XLA:CPU emits scalar (unvectorised) code for an elementwise fusion that reads two
   slices of one dynamically sliced array. Autodiff saves each step's z as one array and
   reads its gate slices back that way, and a hoisted `x @ W_x` is read that way in the

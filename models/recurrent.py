@@ -51,10 +51,8 @@ def gru_blocks(input_kernel, input_bias, recurrent_kernel):
     """Step kernel [[h_r h_z 0 h_n], [x_r x_z x_n 0]]: the candidate's two products apart.
 
     With the x rows and the zero blocks the loop's product is larger (for 128 units,
-    156x512 instead of 128x384), and still the whole is faster (GRU 128, full MNIST:
-    7.1 s per epoch with the input product hoisted out of the loop, 6.2 s so;
-    `python -m bench run --data PATH --models recurrent --cell gru --units 128
-    --activations relu --optimizers adam --epochs 2` before and at commit 5aa5f2d).
+    156x512 instead of 128x384), and still the whole epoch is faster than with the input
+    product hoisted out of the loop (docs/measurements.md gives the figures).
     """
     hr, hz, hn = jnp.split(recurrent_kernel, 3, axis=-1)
     xr, xz, xn = jnp.split(input_kernel, 3, axis=-1)
