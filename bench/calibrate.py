@@ -4,20 +4,26 @@
 on this machine (threads, affinity, clocks), so bench measures a large fp32
 matrix product on the same device and caches the figure per machine, keyed by
 everything that changes it (device, host CPU, usable cores, jaxlib version).
+The cache is replaced atomically under a lock, so concurrent bench processes
+neither tear it nor drop each other's entries.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import math
 import os
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 
 from bench.devices import device_facts
-from bench.results import package_versions
+from bench.results import package_versions, write_atomic
 from bench.timing import compile_ahead, time_rounds
 
 SIZES = {"cpu": 2048, "gpu": 8192, "tpu": 8192}
@@ -46,23 +52,72 @@ def measure_peak(device: jax.Device, size: int | None = None, repeats: int = 5) 
 
 
 def calibration(device: jax.Device, *, use_cache: bool = True) -> dict:
-    """The cached calibration for this machine, measuring (and caching) it if absent."""
+    """The cached calibration for this machine, measuring (and caching) it if absent.
+
+    A corrupt cache, or an unusable entry for this machine, is measured again and the
+    cache rewritten; the result then has a one-line "warning" for the caller to show,
+    as it has when the cache cannot be written.
+    """
     key, path = machine_key(device), cache_file()
-    cached = _read(path)
-    if use_cache and key in cached:
-        return {**cached[key], "cached": True, "machine_key": key}
+    entries, problem = _read(path, key)
+    if use_cache and key in entries:
+        return {**entries[key], "cached": True, "machine_key": key}
     result = measure_peak(device)
-    cached[key] = result
+    warnings = [f"calibration cache {path} {problem}; measured again"] if problem else []
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(cached, indent=2))
-    except OSError:
-        pass  # an unwritable cache only costs a re-measurement next time
-    return {**result, "cached": False, "machine_key": key}
+        _store(path, key, result)
+    except OSError as exc:
+        warnings.append(f"calibration cache {path} could not be written ({exc.strerror or exc}); "
+                        "the next run will measure again")
+    out = {**result, "cached": False, "machine_key": key}
+    return {**out, "warning": "; ".join(warnings)} if warnings else out
 
 
-def _read(path: Path) -> dict:
+def _read(path: Path, key: str) -> tuple[dict, str | None]:
+    """The cache's usable entries, and what is wrong with the file or `key`'s entry, if anything."""
     try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except FileNotFoundError:
+        return {}, None
+    except OSError as exc:
+        return {}, f"could not be read ({exc.strerror or exc})"
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        return {}, f"was corrupt (not JSON: {exc})"
+    if not isinstance(data, dict):
+        return {}, f"was corrupt (not a JSON object but a {type(data).__name__})"
+    entries = {k: v for k, v in data.items() if _usable(v)}
+    if key in data and key not in entries:
+        return entries, ("was corrupt (its entry for this machine lacks a numeric peak_flops "
+                         "or matrix_size)")
+    return entries, None
+
+
+def _usable(entry) -> bool:
+    """Whether a cache entry has what the runner reads: a positive peak and the matrix size."""
+    def number(v):
+        return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+    return (isinstance(entry, dict) and number(entry.get("peak_flops"))
+            and number(entry.get("matrix_size")))
+
+
+def _store(path: Path, key: str, result: dict) -> None:
+    """Adds `result` under `key`, keeping what other processes stored meanwhile."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with _locked(path.with_name(path.name + ".lock")):
+        entries, _ = _read(path, key)  # re-read under the lock: another bench may have written
+        entries[key] = result
+        write_atomic(path, json.dumps(entries, indent=2) + "\n")
+
+
+@contextlib.contextmanager
+def _locked(lock_file: Path) -> Iterator[None]:
+    """Holds an exclusive flock on `lock_file`: one read-modify-write of the cache at a time.
+
+    The file is left in place; deleting it would let two processes lock different files.
+    """
+    fd = os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
