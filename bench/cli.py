@@ -9,25 +9,49 @@ from pathlib import Path
 
 from bench import data as data_sources
 from bench.compare import METRICS, Thresholds, parse_threshold, run_compare
-from bench.devices import PLATFORMS, DeviceError
-from bench.spec import AXES, SpecError, SweepSpec, expand
-from bench.timing import TimingProtocol
-
-DEFAULTS = SweepSpec()
+from bench.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
 
 
-def _csv(kind):
-    """An argparse type for comma-separated values of `kind` ('auto' for units means reference)."""
+def _csv(axis: Axis):
+    """An argparse type for comma-separated values of `axis` ('auto': its per-trial default)."""
     def parse(text: str):
         items = [t.strip() for t in text.split(",") if t.strip()]
         if not items:
             raise argparse.ArgumentTypeError("give at least one value")
         try:
-            return tuple(kind(t) for t in items)
+            return tuple(_parse_value(axis, t) for t in items)
         except ValueError:
             raise argparse.ArgumentTypeError(
-                f"{text!r}: expected comma-separated {kind.__name__} values") from None
+                f"{text!r}: expected comma-separated {axis.kind.__name__} values") from None
     return parse
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    """--targets: comma-separated accuracies in (0, 1]."""
+    try:
+        values = tuple(_fraction(t.strip()) for t in text.split(",") if t.strip())
+    except ValueError:
+        values = ()
+    if not values:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected comma-separated fractions in (0, 1]")
+    return values
+
+
+def _parse_value(axis: Axis, text: str):
+    """One command-line value; checked against the axis later, with the sweep file's values."""
+    if axis.resolve is not None and text in ("auto", "ref", "reference", "default"):
+        return None
+    if axis.kind is int:
+        number = float(text)  # "64" and "64.0" alike; 64.5 is refused by the axis
+        return int(number) if number.is_integer() else number
+    return axis.kind(text)
+
+
+def _axis_help(axis: Axis) -> str:
+    shown = [v for v in axis.default if v is not None]
+    default = f" (default {','.join(map(str, shown))})" if shown else ""
+    where = f"; {', '.join(axis.families)} only" if axis.families else ""
+    return f"{axis.help}{default}{where}"
 
 
 def _positive(text: str) -> int:
@@ -51,9 +75,6 @@ def _fraction(text: str) -> float:
     return value
 
 
-_fraction.__name__ = "fraction in (0, 1]"
-
-
 def _units(text: str):
     return None if text in ("ref", "reference", "auto") else int(text)
 
@@ -67,24 +88,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     what.add_argument("--sweep", type=Path, metavar="FILE.toml", help="a sweep file (see README)")
     what.add_argument("--preset", help="a sweep file shipped with bench (see `bench list`)")
     what.add_argument("--resume", type=Path, metavar="RUN_DIR",
-                      help="continue a run: skip its finished trials, run the rest")
-    axis = p.add_argument_group("sweep axes (comma-separated lists; every combination is a trial; "
+                      help="continue a run: skip its finished trials, run the rest (with the "
+                           "run's own settings: other timing/device/data flags are refused)")
+    what.add_argument("--retry-failed", action="store_true",
+                      help="when resuming, run the run's failed trials again (only those)")
+    axes = p.add_argument_group("sweep axes (comma-separated lists; every combination is a trial; "
                                 "they replace the same axis of a sweep file)")
-    axis.add_argument("--models", type=_csv(str), help=f"default: {','.join(DEFAULTS.models)}")
-    axis.add_argument("--activations", type=_csv(str), help=f"default: {','.join(DEFAULTS.activations)}")
-    axis.add_argument("--optimizers", type=_csv(str), help=f"default: {','.join(DEFAULTS.optimizers)}")
-    axis.add_argument("--units", type=_csv(_units),
-                      help="default: each family's reference width (dense 512, conv 32, recurrent 128)")
-    axis.add_argument("--depth", type=_csv(int), help="dense hidden layers (default 2)")
-    axis.add_argument("--cell", type=_csv(str), help="recurrent cell (default lstm)")
-    axis.add_argument("--learning-rate", type=_csv(float),
-                      help="default: each optimizer's own default (see `bench list`)")
-    axis.add_argument("--batch-size", type=_csv(int), help="default 128")
-    axis.add_argument("--epochs", type=_csv(int), help=f"default {DEFAULTS.epochs[0]}")
-    axis.add_argument("--dropout", type=_csv(float), help="dropout rate after hidden layers (default 0)")
-    axis.add_argument("--l1", type=_csv(float), help="L1 weight penalty on kernels (default 0)")
-    axis.add_argument("--l2", type=_csv(float), help="L2 weight penalty on kernels (default 0)")
-    axis.add_argument("--seeds", type=_csv(int), help="default 0; several seeds are aggregated")
+    for axis in AXES:
+        axes.add_argument(axis.flag, dest=axis.key, type=_csv(axis), help=_axis_help(axis))
     where = p.add_argument_group("where")
     where.add_argument("--device", help=f"one of {', '.join(PLATFORMS)} (default auto)")
     where.add_argument("--data", help="auto (default), embedded, tfds, or a folder of IDX files / an .npz")
@@ -97,7 +108,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     timing.add_argument("--burn-in", type=_non_negative, help=f"untimed rounds first (default {TimingProtocol.burn_in})")
     timing.add_argument("--round-steps", type=_positive,
                         help=f"training steps per timed round (default {TimingProtocol.round_steps})")
-    timing.add_argument("--targets", type=_csv(_fraction),
+    timing.add_argument("--targets", type=_fractions,
                         help="test accuracies for time-to-accuracy (default 0.97,0.98,0.99)")
     timing.add_argument("--recalibrate", action="store_true",
                         help="measure the device's peak FLOP/s again instead of using the cache")
@@ -183,45 +194,82 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_from_args(args: argparse.Namespace):
     """The trials to run: a sweep file or preset with flag overrides, else a grid of the flags."""
-    from bench.sweepfile import Sweep, load_sweep, preset_path
-    overrides = {axis: getattr(args, axis) for axis in AXES if getattr(args, axis) is not None}
+    from bench.sweepfile import Sweep, check_overrides, expand, load_sweep, preset_path
+    overrides = {a.key: getattr(args, a.key) for a in AXES if getattr(args, a.key) is not None}
     if args.sweep and args.preset:
         raise SpecError("give --sweep or --preset, not both")
     if args.sweep or args.preset:
         return load_sweep(args.sweep or preset_path(args.preset), overrides)
     if args.resume and not overrides:
         return None  # continue the run's own plan
-    spec = dataclasses.replace(SweepSpec(), **overrides)
-    return Sweep(name="cli" if overrides else "quick", trials=tuple(expand(spec)))
+    check_overrides(overrides)
+    return Sweep(name="cli" if overrides else "quick", trials=tuple(expand(overrides)))
+
+
+# Settings a run records and a resumed run must keep: name -> default.
+PROTOCOL_DEFAULTS = dataclasses.asdict(TimingProtocol())
+OPTION_DEFAULTS = {"device": "auto", "data": "auto", "dataset": None, "data_dir": None}
 
 
 def options_from_args(args: argparse.Namespace, run: dict):
-    """Run settings: a flag, else what a resumed run recorded, else the sweep file's [run], else the default."""
+    """Run settings: a flag, else the sweep file's [run], else the default. A resumed run
+    keeps the settings it recorded; asking for others is a SpecError naming each."""
     from bench.runner import RunOptions
+    asked = {name: _asked(args, run, name) for name in (*PROTOCOL_DEFAULTS, *OPTION_DEFAULTS)}
+    asked = {name: value for name, value in asked.items() if value is not None}
     recorded = _recorded_settings(args.resume or args.out)
-    pick = lambda name, default: next(  # noqa: E731
-        v for v in (getattr(args, name), recorded.get(name), run.get(name), default) if v is not None)
-    base = TimingProtocol()
-    protocol = TimingProtocol(repeats=pick("repeats", base.repeats), burn_in=pick("burn_in", base.burn_in),
-                              round_steps=pick("round_steps", base.round_steps),
-                              targets=tuple(pick("targets", base.targets)))
-    data = str(pick("data", "auto"))
-    # A folder or .npz is labelled by its name unless --dataset says otherwise, so that
-    # Fashion-MNIST files are never reported as "mnist".
-    label = "mnist" if data in data_sources.NAMED_SOURCES else Path(data).resolve().stem
-    return RunOptions(device=pick("device", "auto"), data=data,
-                      dataset=pick("dataset", label), data_dir=pick("data_dir", "") or None,
-                      out=args.resume or args.out, resume_only=args.resume is not None,
+    if recorded:
+        _refuse_changes(asked, recorded, args.resume or args.out)
+    settings = {**PROTOCOL_DEFAULTS, **OPTION_DEFAULTS, **asked, **recorded}
+    settings["dataset"] = settings["dataset"] or _dataset_label(settings["data"])
+    protocol = TimingProtocol(**{k: settings[k] for k in PROTOCOL_DEFAULTS})
+    return RunOptions(device=settings["device"], data=settings["data"], dataset=settings["dataset"],
+                      data_dir=settings["data_dir"] or None, out=args.resume or args.out,
+                      resume_only=args.resume is not None, retry_failed=args.retry_failed,
                       protocol=protocol, recalibrate=args.recalibrate)
+
+
+def _asked(args: argparse.Namespace, run: dict, name: str):
+    """What the user asked for `name`: its flag, else the sweep file's [run] value (or None)."""
+    value = getattr(args, name, None)
+    value = run.get(name) if value is None else value
+    if name == "targets" and value is not None:
+        value = tuple(value)
+    if name == "data" and value is not None:
+        value = absolute_data(str(value))
+    return value
+
+
+def absolute_data(data: str) -> str:
+    """`--data` as recorded: a named source, or an absolute path (a resume may run elsewhere)."""
+    return data if data in data_sources.NAMED_SOURCES else str(Path(data).expanduser().resolve())
+
+
+def _dataset_label(data: str) -> str:
+    """A folder or .npz is labelled by its name, so Fashion-MNIST files never pass as 'mnist'."""
+    return "mnist" if data in data_sources.NAMED_SOURCES else Path(data).stem
+
+
+def _refuse_changes(asked: dict, recorded: dict, run_dir: Path) -> None:
+    """SpecError listing every asked setting that differs from what the run recorded."""
+    differing = [f"{name}: this run used {recorded[name]!r}, you asked for {value!r}"
+                 for name, value in asked.items() if name in recorded and recorded[name] != value]
+    if differing:
+        raise SpecError(f"{run_dir} was run with other settings, and a run keeps its settings "
+                        f"so that its trials are measured alike: " + "; ".join(differing)
+                        + ". Resume without these flags, or give a new --out.")
 
 
 def _recorded_settings(run_dir: Path | None) -> dict:
     """The options and timing protocol a run directory was made with ({} for a new run)."""
     from bench.results import HEADER, read_header
-    if run_dir is None or not (Path(run_dir) / HEADER).exists():
+    if run_dir is None or not (Path(run_dir) / HEADER).is_file():
         return {}
     header = read_header(run_dir)
-    return {**header.get("protocol", {}), **header.get("options", {})}
+    recorded = {**header.get("protocol", {}), **header.get("options", {})}
+    if "targets" in recorded:
+        recorded["targets"] = tuple(recorded["targets"])
+    return recorded
 
 
 REPORT_HELP = """\
@@ -268,23 +316,39 @@ def _enable_compilation_cache(path: str) -> None:
     jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
 
 
-def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.command == "list":
-        from bench.listing import show_list
-        return show_list()
-    if args.command == "compare":
-        return run_compare(args.baseline, args.candidate, thresholds_from_args(args),
-                           normalize=args.normalize, fmt=args.format, markdown=args.markdown)
-    if args.command == "report":
-        return run_report(args)
+def _run(args: argparse.Namespace, argv: list[str]) -> int:
     from bench.runner import run_sweep
     if args.compilation_cache:
         _enable_compilation_cache(args.compilation_cache)
+    sweep = sweep_from_args(args)
+    options = options_from_args(args, sweep.run if sweep else {})
+    return run_sweep(sweep, options, argv)
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that mean bad input or environment: shown as one line, exit status 2."""
+    from bench.results import RunDirError
+    errors = [SpecError, SchemaError, RunDirError, data_sources.DataError]
+    if "bench.devices" in sys.modules:  # imported by `run` only: it loads JAX
+        errors.append(sys.modules["bench.devices"].DeviceError)
+    return tuple(errors)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
-        sweep = sweep_from_args(args)
-        options = options_from_args(args, sweep.run if sweep else {})
-        return run_sweep(sweep, options, argv if argv is not None else sys.argv[1:])
-    except (SpecError, DeviceError, data_sources.DataError) as exc:
-        print(f"bench: error: {exc}", file=sys.stderr)
+        if args.command == "list":
+            from bench.listing import show_list
+            return show_list()
+        if args.command == "compare":
+            return run_compare(args.baseline, args.candidate, thresholds_from_args(args),
+                               normalize=args.normalize, fmt=args.format, markdown=args.markdown)
+        if args.command == "report":
+            return run_report(args)
+        return _run(args, argv if argv is not None else sys.argv[1:])
+    except KeyboardInterrupt:
+        print(f"bench {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except _user_errors() as exc:
+        print(f"bench {args.command}: error: {exc}", file=sys.stderr)
         return 2

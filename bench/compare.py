@@ -22,8 +22,9 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.results import HEADER, read_header, read_results
-from bench.spec import TrialConfig
+from bench.render.runs import read_records, read_run_header
+from bench.results import HEADER
+from bench.schema import Record
 
 # metric name -> what its threshold means (shown by --help and in errors)
 METRICS: dict[str, str] = {
@@ -47,7 +48,7 @@ class Run:
 
     path: Path
     header: dict | None
-    records: tuple[dict, ...]
+    records: tuple[Record, ...]
 
 
 def load_run(path: Path | str) -> Run:
@@ -57,17 +58,10 @@ def load_run(path: Path | str) -> Run:
         raise CompareError(f"{path}: no such file or directory")
     header_file = (path if path.is_dir() else path.parent) / HEADER
     try:
-        header = read_header(header_file.parent) if header_file.exists() else None
-        records = read_results(path)
-    except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
-        raise CompareError(f"{path}: unreadable: {exc}") from None
-    if header is not None and not isinstance(header, dict):
-        raise CompareError(f"{header_file}: not a JSON object")
-    bad = [n for n, r in enumerate(records, 1)
-           if not (isinstance(r, dict) and isinstance(r.get("key"), str)
-                   and isinstance(r.get("status"), str))]
-    if bad:
-        raise CompareError(f"{path}: record {bad[0]} is not a trial record (no 'key' or 'status')")
+        header = read_run_header(header_file.parent) if header_file.exists() else None
+        records = read_records(path)
+    except (ValueError, OSError) as exc:  # SchemaError, RunDirError, JSONDecodeError are ValueErrors
+        raise CompareError(f"unreadable: {exc}") from None
     if not records:
         raise CompareError(f"{path}: no trial results")
     return Run(path, header, tuple(records))
@@ -195,33 +189,23 @@ def threshold_verdict(change: float | None, threshold: float, *, lower_is_better
     return "regression" if worse else "improvement" if better else "same"
 
 
-def compare_status(base: dict, cand: dict) -> str:
+def compare_status(base: Record, cand: Record) -> str:
     """ok -> diverged/failed is a regression, the reverse an improvement."""
-    if base["status"] == cand["status"]:
+    if base.status == cand.status:
         return "same"
-    if base["status"] == "ok":
+    if base.ok:
         return "regression"
-    return "improvement" if cand["status"] == "ok" else "same"
+    return "improvement" if cand.ok else "same"
 
 
-def step_times(record: dict, scale: float = 1.0) -> list[float]:
-    """Seconds per training step of each timed round, times `scale` (peak FLOP/s or 1)."""
-    steps = record.get("round_steps")
-    rounds = [t for t in record.get("rounds_s") or [] if t is not None]
-    if not steps or not rounds:
-        return []
-    return [scale * t / steps for t in rounds]
-
-
-def compare_trial(base: dict, cand: dict, label: str, thresholds: Thresholds,
+def compare_trial(base: Record, cand: Record, label: str, thresholds: Thresholds,
                   scales: tuple[float, float] = (1.0, 1.0)) -> list[MetricVerdict]:
     """Verdicts on status (if it changed), step time, accuracy and compile time of one trial."""
-    notes = tuple(f"{side} busy" for side, r in (("baseline", base), ("candidate", cand))
-                  if r.get("busy"))
-    row = dict(key=base["key"], label=label, notes=notes)
+    notes = tuple(f"{side} busy" for side, r in (("baseline", base), ("candidate", cand)) if r.busy)
+    row = dict(key=base.key, label=label, notes=notes)
     out = []
-    if base["status"] != cand["status"]:
-        out.append(MetricVerdict(metric="status", baseline=base["status"], candidate=cand["status"],
+    if base.status != cand.status:
+        out.append(MetricVerdict(metric="status", baseline=base.status, candidate=cand.status,
                                  verdict=compare_status(base, cand), **row))
     out.append(_step_time_verdict(base, cand, thresholds, scales, row))
     out.append(_accuracy_verdict(base, cand, thresholds, row))
@@ -230,7 +214,7 @@ def compare_trial(base: dict, cand: dict, label: str, thresholds: Thresholds,
 
 
 def _step_time_verdict(base, cand, thresholds: Thresholds, scales, row: dict) -> MetricVerdict:
-    b, c = step_times(base, scales[0]), step_times(cand, scales[1])
+    b, c = base.step_times(scales[0]), cand.step_times(scales[1])
     change, p, verdict = timing_verdict(b, c, thresholds.step_time, thresholds.alpha)
     return MetricVerdict(metric="step_time", baseline=statistics.median(b) if b else None,
                          candidate=statistics.median(c) if c else None, change=change,
@@ -238,7 +222,7 @@ def _step_time_verdict(base, cand, thresholds: Thresholds, scales, row: dict) ->
 
 
 def _accuracy_verdict(base, cand, thresholds: Thresholds, row: dict) -> MetricVerdict:
-    b, c = base.get("test_accuracy"), cand.get("test_accuracy")
+    b, c = base.test_accuracy, cand.test_accuracy
     change = 100 * (c - b) if b is not None and c is not None else None
     verdict = threshold_verdict(change, thresholds.accuracy, lower_is_better=False)
     return MetricVerdict(metric="accuracy", baseline=b, candidate=c, change=change,
@@ -246,36 +230,31 @@ def _accuracy_verdict(base, cand, thresholds: Thresholds, row: dict) -> MetricVe
 
 
 def _compile_verdict(base, cand, thresholds: Thresholds, scales, row: dict) -> MetricVerdict:
-    b, c = base.get("compile_s"), cand.get("compile_s")
+    b, c = base.compile_s, cand.compile_s
     b, c = (None if v is None else v * s for v, s in zip((b, c), scales))
     change = (c - b) / b if b and c is not None else None
     verdict = threshold_verdict(change, thresholds.compile, lower_is_better=True)
-    cached = base.get("compile_cache_hits") or cand.get("compile_cache_hits")
+    cached = base.compile_cache_hits or cand.compile_cache_hits
     notes = row["notes"] + (("compile cache hit",) if cached else ())
     return MetricVerdict(metric="compile", baseline=b, candidate=c, change=change, verdict=verdict,
                          gating=thresholds.gate_compile, **{**row, "notes": notes})
 
 
-def trial_labels(records: list[dict]) -> dict[str, str]:
+def trial_labels(records: list[Record]) -> dict[str, str]:
     """key -> 'label seed=N'; labels that still collide get the key appended."""
-    labels = {}
-    for r in records:
-        config = r.get("config") or {}
-        try:
-            labels[r["key"]] = f"{TrialConfig.from_dict(config).label()} seed={config.get('seed', 0)}"
-        except (TypeError, ValueError):
-            labels[r["key"]] = str(r["key"])
+    labels = {r.key: f"{r.config.label()} seed={r.config.seed}" for r in records}
     counts = {}
     for label in labels.values():
         counts[label] = counts.get(label, 0) + 1
     return {k: (f"{v} [{k}]" if counts[v] > 1 else v) for k, v in labels.items()}
 
 
-def compare_records(baseline: list[dict], candidate: list[dict], thresholds: Thresholds = Thresholds(),
+def compare_records(baseline: list[Record], candidate: list[Record],
+                    thresholds: Thresholds = Thresholds(),
                     scales: tuple[float, float] = (1.0, 1.0)) -> Comparison:
     """Matches trials by key (a repeated key: the last record wins) and judges each pair."""
-    base = {r["key"]: r for r in baseline}
-    cand = {r["key"]: r for r in candidate}
+    base = {r.key: r for r in baseline}
+    cand = {r.key: r for r in candidate}
     labels = trial_labels([*base.values(), *cand.values()])
     common = [k for k in base if k in cand]
     if not common:

@@ -13,7 +13,6 @@ time loop unrolled (bench.trial._step_flops).
 
 from __future__ import annotations
 
-import resource
 from pathlib import Path
 
 import jax
@@ -135,19 +134,3 @@ def _memory_stats(device) -> dict | None:
 def _stat(stats: dict | None, name: str) -> int | None:
     value = (stats or {}).get(name)
     return int(value) if isinstance(value, (int, float)) else None
-
-
-def device_peak_bytes(device: jax.Device) -> int | None:
-    """Peak bytes in use on an accelerator since the PROCESS started (None on CPU).
-
-    Not a trial's figure once a process has run several trials: use TrialMemory.
-    """
-    return _stat(_memory_stats(device), "peak_bytes_in_use")
-
-
-def process_peak_rss_bytes() -> int:
-    """Peak resident memory of this PROCESS since it started (Linux reports ru_maxrss in KiB).
-
-    Not a trial's figure once a process has run several trials: use TrialMemory.
-    """
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

@@ -7,7 +7,7 @@ import platform
 
 import jax
 
-PLATFORMS = ("cpu", "gpu", "tpu", "auto")
+from bench.schema import PLATFORMS
 
 
 class DeviceError(RuntimeError):

@@ -7,6 +7,7 @@ from rich.table import Table
 from bench import data as data_sources
 from bench import registry
 from bench.render.terminal import console
+from bench.schema import AXES, model_options
 from bench.sweepfile import expected_runtime, load_sweep, preset_names, preset_path
 from models import CELLS, MODELS
 
@@ -16,7 +17,8 @@ def show_list() -> int:
     for col in ("name", "units means", "reference units", "options"):
         models.add_column(col)
     for name, entry in MODELS.items():
-        models.add_row(name, entry.units_meaning, str(entry.reference_units), ", ".join(entry.options))
+        models.add_row(name, entry.units_meaning, str(entry.reference_units),
+                       ", ".join(model_options(name)))
     console.print(models)
     console.print(f"recurrent cells (--cell): {', '.join(CELLS)}")
     console.print(f"activations (--activations): {', '.join(registry.ACTIVATIONS)}")
@@ -33,8 +35,20 @@ def show_list() -> int:
         data.add_row(name, what)
     console.print(data)
     console.print(f"tfds data sets (--dataset): {', '.join(data_sources.TFDS_DATASETS)}")
+    console.print(_axes_table())
     console.print(_presets_table())
     return 0
+
+
+def _axes_table() -> Table:
+    axes = Table(title="sweep axes (flags of `bench run`, keys of a sweep file)")
+    for col in ("flag", "sweep-file key", "type", "default", "families", "meaning"):
+        axes.add_column(col)
+    for axis in AXES:
+        default = ", ".join("auto" if v is None else str(v) for v in axis.default)
+        axes.add_row(axis.flag, axis.key, axis.kind.__name__, default,
+                     ", ".join(axis.families or ("all",)), axis.help)
+    return axes
 
 
 def _presets_table() -> Table:

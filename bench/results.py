@@ -26,7 +26,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+from bench.schema import SCHEMA_VERSION
+
 HEADER = "run.json"
 RESULTS = "results.jsonl"
 LOCK = ".lock"

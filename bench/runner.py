@@ -7,6 +7,7 @@ before the data set is read or anything is compiled, so mistakes cost seconds.
 from __future__ import annotations
 
 import dataclasses
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,10 +20,10 @@ from bench.render import terminal
 from bench.render.aggregate import group_trials, ranked
 from bench.render.cells import data_line, device_line
 from bench.render.report import render_run
-from bench.render.runs import load_run
-from bench.spec import SpecError, TrialConfig
+from bench.render.runs import load_run, read_records, read_run_header
+from bench.schema import (SCHEMA_VERSION, Record, SpecError, TimingProtocol, TrialConfig,
+                          make_config)
 from bench.sweepfile import Sweep
-from bench.timing import TimingProtocol
 from bench.trial import run_trial
 from models import fused_lstm
 
@@ -35,6 +36,7 @@ class RunOptions:
     data_dir: str | None = None
     out: Path | None = None
     resume_only: bool = False  # --resume: `out` must hold a run to continue
+    retry_failed: bool = False
     protocol: TimingProtocol = TimingProtocol()
     recalibrate: bool = False
 
@@ -43,32 +45,45 @@ def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
     """Runs the sweep's unfinished trials into the run directory; returns the exit status.
 
     `sweep` None continues the plan recorded in the run directory (--resume alone).
+    The run directory is locked for the whole run: one writer at a time.
     """
     data_sources.check_data_args(options.data, options.dataset)
-    device = resolve_device(options.device)
-    run_dir = options.out or _fresh_dir(Path("reports") / results.new_run_id())
-    previous = _previous_header(run_dir, options.resume_only)
+    if options.resume_only and not (options.out / results.HEADER).exists():
+        raise SpecError(f"--resume {options.out}: no run to resume there (no {results.HEADER})")
+    created = options.out is None or not options.out.exists()
+    run_dir = results.new_run_dir(Path("reports")) if options.out is None else options.out
+    try:
+        with results.lock_run_dir(run_dir, command=" ".join(["python -m bench", *argv])):
+            return _run_locked(sweep, options, argv, run_dir)
+    finally:
+        if created and not (run_dir / results.HEADER).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was run: leave no empty run
+
+
+def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_dir: Path) -> int:
+    previous = _previous_header(run_dir)
     if sweep is None:
         sweep = _planned_sweep(previous)
+    device = resolve_device(options.device)
     dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
     peak = calibration(device, use_cache=not options.recalibrate)
     header = _header(previous, sweep, run_dir, device, dataset, peak, options, argv)
     results.write_header(run_dir, header)
-    finished = {r["key"] for r in results.read_results(run_dir)}
-    todo = [t for t in sweep.trials if t.key() not in finished]
-    _announce(header, sweep, todo, peak)
+    done = read_records(run_dir)
+    failed = {r.key for r in done if r.status == "failed"}
+    finished = {r.key for r in done} - (failed if options.retry_failed else set())
+    todo = [t for t in sweep.trials if t.key not in finished]
+    _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed))
     interrupted = _run_all(todo, lambda config, on_epoch: _with_reference(run_trial(
         config, dataset, device, options.protocol, peak_flops=peak["peak_flops"],
-        on_epoch=on_epoch).to_dict(), sweep.references), run_dir)
+        on_epoch=on_epoch), sweep.references), run_dir)
     return _finish(run_dir, header, len(sweep.trials), interrupted)
 
 
-def _previous_header(run_dir: Path, resume_only: bool) -> dict | None:
+def _previous_header(run_dir: Path) -> dict | None:
     """The header of the run being resumed, None for a new run."""
     if (run_dir / results.HEADER).exists():
-        return results.read_header(run_dir)
-    if resume_only:
-        raise SpecError(f"--resume {run_dir}: no run to resume there (no {results.HEADER})")
+        return read_run_header(run_dir)
     return None
 
 
@@ -76,7 +91,7 @@ def _planned_sweep(previous: dict | None) -> Sweep:
     plan = (previous or {}).get("plan")
     if not plan:
         raise SpecError("this run directory records no plan; give the sweep again (flags, --sweep or --preset)")
-    trials = tuple(TrialConfig.from_dict(c) for c in plan)
+    trials = tuple(make_config(c) for c in plan)  # names checked: these trials will run
     return Sweep(name=previous.get("name", ""), trials=trials,
                  references=previous.get("references", {}))
 
@@ -93,11 +108,12 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
                                             "options": _recordable(options)})
         header["plan"], header["references"] = [], {}
     else:
-        header = dict(previous)
+        header = dict(previous, schema_version=SCHEMA_VERSION)
         _check_same_data(header, dataset.describe(), run_dir)
-        header.setdefault("resumed", []).append({"command": command, "at": results.now_iso()})
-    planned = {TrialConfig.from_dict(c).key(): c for c in header["plan"]}
-    planned.update({t.key(): t.to_dict() for t in sweep.trials if t.key() not in planned})
+        header.setdefault("resumed", []).append({"command": command, "at": results.now_iso(),
+                                                 "retry_failed": options.retry_failed})
+    planned = {TrialConfig.from_dict(c).key: c for c in header["plan"]}
+    planned.update({t.key: t.to_dict() for t in sweep.trials if t.key not in planned})
     header["plan"] = list(planned.values())
     header["references"] = {**header.get("references", {}), **sweep.references}
     return header
@@ -107,7 +123,7 @@ def _recordable(options: RunOptions) -> dict:
     """The options a resumed run must reuse (absolute data path: resuming may happen elsewhere)."""
     data = options.data
     if data not in data_sources.NAMED_SOURCES:
-        data = str(Path(data).resolve())
+        data = str(Path(data).expanduser().resolve())
     return {"device": options.device, "data": data, "dataset": options.dataset,
             "data_dir": options.data_dir}
 
@@ -120,17 +136,21 @@ def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
                         f"--data, or give a new --out")
 
 
-def _with_reference(record: dict, references: dict) -> dict:
-    record["reference"] = references.get(record["key"])
+def _with_reference(record: Record, references: dict) -> Record:
+    record.reference = references.get(record.key)
     return record
 
 
-def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
+def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int) -> None:
     console = terminal.console
     done = len(sweep.trials) - len(todo)
+    kept = (f" ({kept_failed} of them failed and are kept; --retry-failed runs them again)"
+            if kept_failed else "")
     console.print(f"[bold]bench[/] {sweep.name}: {len(sweep.trials)} trials"
-                  + (f", {done} already finished" if done else "")
+                  + (f", {done} already finished{kept}" if done else "")
                   + f"; {device_line(header['device'])}")
+    if peak.get("warning"):
+        console.print(f"[yellow]{peak['warning']}")
     console.print(f"data: {data_line(header['data'])}")
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
@@ -139,14 +159,14 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict) -> None:
 
 
 def _is_lstm(trial: TrialConfig) -> bool:
-    return trial.model == "recurrent" and (trial.cell or "lstm") == "lstm"
+    return trial.model == "recurrent" and trial.cell == "lstm"
 
 
 def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
     console = terminal.console
     run = load_run(run_dir)
     records = run.records
-    leaderboard = sorted(records, key=lambda r: -(r.get("test_accuracy") or -1.0))
+    leaderboard = sorted(records, key=lambda r: -(r.test_accuracy or -1.0))
     console.print(terminal.results_table(
         leaderboard, title=f"leaderboard: test accuracy on {data_line(header['data'])}"))
     groups = group_trials([run])
@@ -180,16 +200,8 @@ def _run_all(configs, run_one_trial, run_dir: Path) -> bool:
 
         try:
             for record in SerialExecutor().map(run_one, configs):
-                results.append_result(run_dir, record)
+                results.append_result(run_dir, record.to_json())
                 progress.advance(sweep)
         except KeyboardInterrupt:
             return True
     return False
-
-
-def _fresh_dir(path: Path) -> Path:
-    candidate, n = path, 1
-    while candidate.exists():
-        n += 1
-        candidate = path.with_name(f"{path.name}-{n}")
-    return candidate

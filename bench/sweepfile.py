@@ -18,14 +18,14 @@ A sweep file may hold any of:
     reference = {name = "...", published_test_accuracy = 0.9917, source = "..."}
     [run]                       # run settings: data, dataset, device, repeats, ...
 
-Axis keys are the `bench run` flags' names (see bench.spec.AXES). Flags given on
+Axis keys are the `bench run` flags' names (bench.schema.AXES). Flags given on
 the command line replace the same axis everywhere in the file. Every key and
 value is checked before anything is compiled; errors name the file and the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import itertools
 import math
 import random
 import tomllib
@@ -33,13 +33,11 @@ from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 
-from bench.spec import (AXES, SpecError, SweepSpec, TrialConfig, check_value, expand, make_trial,
-                        trial_kwargs, unique)
+from bench.schema import AXES, SpecError, TrialConfig, axis, default_grid, make_config, unique
 
 TOP_KEYS = ("name", "description", "grid", "random", "trial", "run")
 RUN_KEYS = ("data", "dataset", "data_dir", "device", "repeats", "burn_in", "round_steps", "targets")
 DISTRIBUTIONS = ("log_uniform", "uniform")
-DEFAULT = SweepSpec()
 
 
 @dataclass(frozen=True)
@@ -52,6 +50,20 @@ class Sweep:
     run: dict = field(default_factory=dict)
     description: str = ""
     source: str = ""
+
+
+def expand(grid: dict[str, tuple]) -> list[TrialConfig]:
+    """The validated, de-duplicated trials of a grid (axis key -> values; missing axes take
+    their defaults), in AXES order with the last axis varying fastest."""
+    grid = {**default_grid(), **grid}
+    for key, values in grid.items():
+        axis(key)  # unknown keys fail with the valid ones
+        if not values:
+            raise SpecError(f"{key}: give at least one value")
+        for value in values:
+            axis(key).normalise(value)
+    points = itertools.product(*(grid[a.key] for a in AXES))
+    return unique(make_config({a.name: v for a, v in zip(AXES, values)}) for values in points)
 
 
 def preset_names() -> list[str]:
@@ -78,10 +90,13 @@ def expected_runtime(path: Path) -> str:
 
 
 def load_sweep(path: Path, overrides: dict | None = None) -> Sweep:
-    """Reads, validates and expands a sweep file; `overrides` are axis -> tuple from flags."""
+    """Reads, validates and expands a sweep file; `overrides` are axis key -> tuple from flags."""
     path = Path(path)
     try:
-        doc = tomllib.loads(path.read_text())
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise SpecError(f"{path}: not a UTF-8 text file ({exc.reason} at byte {exc.start}); "
+                        f"save it as UTF-8") from None
     except (OSError, tomllib.TOMLDecodeError) as exc:
         raise SpecError(f"{path}: cannot read sweep file: {exc}") from None
     try:
@@ -92,9 +107,9 @@ def load_sweep(path: Path, overrides: dict | None = None) -> Sweep:
 
 def _build(doc: dict, overrides: dict, source: str) -> Sweep:
     _check_keys("top level", doc, TOP_KEYS)
-    for axis, values in overrides.items():  # a [random] draw or [[trial]] would not check them
-        _as_tuple("command line:", axis, list(values))
+    check_overrides(overrides)
     run = doc.get("run", {})
+    _check_table("[run]", run)
     _check_keys("[run]", run, RUN_KEYS)
     trials, references = [], {}
     grids = doc.get("grid", [])
@@ -104,17 +119,29 @@ def _build(doc: dict, overrides: dict, source: str) -> Sweep:
     if "random" in doc:
         trials += _random_trials(doc["random"], overrides)
     for index, table in enumerate(doc.get("trial", []), 1):
+        _check_table(f"[[trial]] #{index}", table)
         table = dict(table)
         reference = table.pop("reference", None)
         for config in _grid_trials(f"[[trial]] #{index}", table, overrides):
             trials.append(config)
             if reference is not None:
-                references[config.key()] = _check_reference(f"[[trial]] #{index}", reference)
+                references[config.key] = _check_reference(f"[[trial]] #{index}", reference)
     if not trials:
         raise SpecError("no trials: give a [grid], a [random] or [[trial]] tables")
     return Sweep(name=str(doc.get("name", Path(source).stem)), trials=tuple(unique(trials)),
                  references=references, run=run, description=str(doc.get("description", "")),
                  source=source)
+
+
+def check_overrides(overrides: dict) -> None:
+    """Checks command-line axis values up front (a [random] draw or [[trial]] might not use them)."""
+    for key, values in overrides.items():
+        _as_tuple("command line:", key, list(values))
+
+
+def _check_table(where: str, table) -> None:
+    if not isinstance(table, dict):
+        raise SpecError(f"{where}: expected a table, not {table!r}")
 
 
 def _check_keys(where: str, table: dict, valid) -> None:
@@ -123,66 +150,80 @@ def _check_keys(where: str, table: dict, valid) -> None:
             raise SpecError(f"{where}: unknown key {key!r}; valid: {', '.join(valid)}")
 
 
-def _as_tuple(where: str, axis: str, value) -> tuple:
-    values = tuple(value) if isinstance(value, list) else (value,)
-    for v in values:
-        try:
-            check_value(axis, v)
-        except SpecError as exc:
-            raise SpecError(f"{where} {exc}") from None
+def _as_tuple(where: str, key: str, value) -> tuple:
+    """The values of one axis (a list, or a scalar for one value), each checked and normalised."""
+    values = tuple(value) if isinstance(value, (list, tuple)) else (value,)
     if not values:
-        raise SpecError(f"{where} {axis}: give at least one value")
-    return values
+        raise SpecError(f"{where} {key}: give at least one value")
+    try:
+        return tuple(axis(key).normalise(v) for v in values)
+    except SpecError as exc:
+        raise SpecError(f"{where} {exc}") from None
 
 
 def _grid_trials(where: str, table: dict, overrides: dict) -> list[TrialConfig]:
-    _check_keys(where, table, AXES)
-    axes = {axis: _as_tuple(where, axis, table[axis]) for axis in table}
-    spec = dataclasses.replace(DEFAULT, **{**axes, **overrides})
-    return expand(spec)
+    _check_table(where, table)
+    _check_keys(where, table, AXIS_KEYS)
+    grid = {key: _as_tuple(where, key, values) for key, values in table.items()}
+    return expand({**grid, **overrides})
+
+
+AXIS_KEYS = tuple(a.key for a in AXES)
+SEEDS = next(a for a in AXES if a.name == "seed")
 
 
 def _random_trials(table: dict, overrides: dict) -> list[TrialConfig]:
+    _check_table("[random]", table)
     table = dict(table)
     samples, seed = table.pop("samples", None), table.pop("seed", 0)
     if not isinstance(samples, int) or isinstance(samples, bool) or samples < 1:
         raise SpecError(f"[random] samples: give a positive integer, not {samples!r}")
-    _check_keys("[random]", table, AXES)
-    draws = {axis: _sampler(axis, table.get(axis, getattr(DEFAULT, axis)), overrides)
-             for axis in AXES if axis != "seeds"}
-    seeds = overrides.get("seeds") or _as_tuple("[random]", "seeds", table.get("seeds", [0]))
+    _check_keys("[random]", table, AXIS_KEYS)
+    draws = {a: _sampler(a.key, table.get(a.key, a.default), overrides)
+             for a in AXES if a is not SEEDS}
+    seeds = overrides.get(SEEDS.key) or _as_tuple("[random]", SEEDS.key,
+                                                   table.get(SEEDS.key, list(SEEDS.default)))
     rng = random.Random(seed)
     trials = []
     for _ in range(samples):
-        point = {axis: draw(rng) for axis, draw in draws.items()}
-        trials += [make_trial(**trial_kwargs(point), seed=s) for s in seeds]
+        point = {a.name: draw(rng) for a, draw in draws.items()}
+        trials += [make_config({**point, SEEDS.name: s}) for s in seeds]
     return trials
 
 
-def _sampler(axis: str, spec, overrides: dict):
+def _sampler(key: str, spec, overrides: dict):
     """A function rng -> value for one axis of a random search."""
-    if axis in overrides:
-        choices = overrides[axis]
+    if key in overrides:
+        choices = overrides[key]
         return lambda rng: rng.choice(choices)
     if isinstance(spec, dict):
-        return _distribution(axis, spec)
-    choices = _as_tuple("[random]", axis, list(spec) if isinstance(spec, (list, tuple)) else spec)
+        return _distribution(key, spec)
+    choices = _as_tuple("[random]", key, spec)
     return lambda rng: rng.choice(choices)
 
 
-def _distribution(axis: str, spec: dict):
+def _distribution(key: str, spec: dict):
+    """A sampler for {log_uniform = [low, high]} or {uniform = [low, high]}; integers on an
+    integer axis (both bounds included)."""
     if len(spec) != 1 or next(iter(spec)) not in DISTRIBUTIONS:
-        raise SpecError(f"[random] {axis}: a distribution is one of "
+        raise SpecError(f"[random] {key}: a distribution is one of "
                         f"{', '.join(f'{{{d} = [low, high]}}' for d in DISTRIBUTIONS)}")
     kind, bounds = next(iter(spec.items()))
+    if axis(key).kind is str:
+        raise SpecError(f"[random] {key}: {kind} needs a numeric axis; give a list to draw from")
     if not (isinstance(bounds, list) and len(bounds) == 2):
-        raise SpecError(f"[random] {axis}: {kind} needs [low, high]")
-    low, high = (_as_tuple("[random]", axis, b)[0] for b in bounds)
+        raise SpecError(f"[random] {key}: {kind} needs [low, high]")
+    low, high = (_as_tuple("[random]", key, b)[0] for b in bounds)
+    if high < low or (kind == "log_uniform" and low <= 0):
+        raise SpecError(f"[random] {key}: {kind} needs {'0 < ' if kind == 'log_uniform' else ''}"
+                        f"low <= high")
     if kind == "log_uniform":
-        if low <= 0 or high < low:
-            raise SpecError(f"[random] {axis}: log_uniform needs 0 < low <= high")
-        return lambda rng: math.exp(rng.uniform(math.log(low), math.log(high)))
-    return lambda rng: rng.uniform(low, high)
+        draw = lambda rng: math.exp(rng.uniform(math.log(low), math.log(high)))  # noqa: E731
+    else:
+        draw = lambda rng: rng.uniform(low, high)  # noqa: E731
+    if axis(key).kind is int:
+        return lambda rng: min(high, max(low, round(draw(rng))))
+    return draw
 
 
 def _check_reference(where: str, reference) -> dict:

@@ -13,22 +13,13 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import Any
 
 import jax
 
+from bench.schema import TimingProtocol  # noqa: F401  (re-exported: the protocol this module runs)
+
 Clock = Callable[[], float]
-
-
-@dataclass(frozen=True)
-class TimingProtocol:
-    """How each trial is measured; the same for every trial of a run."""
-
-    repeats: int = 5
-    burn_in: int = 1
-    round_steps: int = 20
-    targets: tuple[float, ...] = (0.97, 0.98, 0.99)
 
 
 class CacheHits:

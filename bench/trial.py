@@ -7,13 +7,11 @@ Evaluation runs between epochs, outside the timed region.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import statistics
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
 
 import jax
 import jax.numpy as jnp
@@ -22,69 +20,17 @@ from flax import nnx
 from bench import costs, registry
 from bench.data import Dataset
 from bench.hostload import LoadMeter
-from bench.spec import TrialConfig
+from bench.schema import Record, TimingProtocol, TrialConfig, model_options
 from bench.steps import Penalty, build_program
-from bench.timing import (CacheHits, TimingProtocol, compile_ahead, summarize, time_rounds,
-                          time_to_accuracy, timed_call)
+from bench.timing import CacheHits, compile_ahead, summarize, time_rounds, time_to_accuracy, timed_call
 from models import MODELS
-
-STATUSES = ("ok", "diverged", "failed")
-
-
-@dataclass
-class TrialResult:
-    """One results.jsonl record. Times are seconds; accuracies are fractions of 1.
-
-    compile_s: the training-epoch program, compiled ahead of time (never inside an
-    epoch time). epoch_s: each epoch's synchronised wall time. rounds_s: the timed
-    rounds of `round_steps` steps after a burn-in; step_ms and samples_per_s come
-    from their median.
-    """
-
-    key: str
-    config: dict
-    status: str = "ok"
-    test_accuracy: float | None = None
-    test_loss: float | None = None
-    compile_s: float | None = None
-    eval_compile_s: float | None = None
-    round_compile_s: float | None = None
-    compile_cache_hits: int = 0
-    epoch_s: list[float] = field(default_factory=list)
-    first_epoch_s: float | None = None
-    steady_epoch_s: float | None = None
-    round_steps: int | None = None
-    rounds_s: list[float] = field(default_factory=list)
-    round_stats: dict | None = None
-    step_ms: float | None = None
-    samples_per_s: float | None = None
-    flops_per_step: float | None = None
-    achieved_flops: float | None = None
-    peak_fraction: float | None = None
-    memory: dict = field(default_factory=dict)
-    other_cpu_cores: float | None = None
-    busy: bool = False
-    time_to_accuracy: dict = field(default_factory=dict)
-    steps_per_epoch: int | None = None
-    train_examples: int | None = None
-    test_examples: int | None = None
-    params: int | None = None
-    history: list[dict] = field(default_factory=list)
-    error: str | None = None
-    traceback: str | None = None
-    wall_s: float | None = None
-
-    def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
 
 
 def build_model(config: TrialConfig) -> nnx.Module:
     """The configured Flax model, initialised from the trial's seed."""
-    entry = MODELS[config.model]
-    options = {"depth": config.depth, "cell": config.cell, "dropout": config.dropout}
-    kwargs = {k: v for k, v in options.items() if k in entry.options and v is not None}
+    options = {name: getattr(config, name) for name in model_options(config.model)}
     act = registry.activation(config.activation)
-    return entry.build(config.units, act, 10, nnx.Rngs(config.seed), **kwargs)
+    return MODELS[config.model].build(config.units, act, 10, nnx.Rngs(config.seed), **options)
 
 
 _DEVICE_DATA: dict = {}
@@ -104,19 +50,20 @@ def place_dataset(dataset: Dataset, device: jax.Device) -> tuple:
 
 def run_trial(config: TrialConfig, dataset: Dataset, device: jax.Device,
               protocol: TimingProtocol = TimingProtocol(), *, peak_flops: float | None = None,
-              on_epoch: Callable[[dict], None] | None = None) -> TrialResult:
+              on_epoch: Callable[[dict], None] | None = None) -> Record:
     """Trains, evaluates and times `config`; failures come back as a record, never raised.
 
     `peak_flops` is the device's measured FLOP/s (bench.calibrate), for the % of peak.
     `on_epoch`, if given, is called with each epoch's history entry (for progress displays).
     """
-    result = TrialResult(key=config.key(), config=config.to_dict(),
-                         train_examples=len(dataset.y_train), test_examples=len(dataset.y_test))
+    result = Record(config=config, train_examples=len(dataset.y_train),
+                    test_examples=len(dataset.y_test))
     start = time.perf_counter()
     try:
-        with jax.default_device(device):
+        with jax.default_device(device), costs.TrialMemory(device) as memory:
             _measure(config, dataset, device, protocol, result, on_epoch or (lambda _: None))
-        _summarise(result, config, protocol, peak_flops, device)
+        result.memory.update(memory.figures())
+        _summarise(result, config, protocol, peak_flops)
     except Exception as exc:  # noqa: BLE001 - a failing trial becomes a record
         result.status = "failed"
         result.error = f"{type(exc).__name__}: {exc}"
@@ -125,7 +72,7 @@ def run_trial(config: TrialConfig, dataset: Dataset, device: jax.Device,
     return result
 
 
-def _measure(config, dataset, device, protocol, result: TrialResult, on_epoch) -> None:
+def _measure(config, dataset, device, protocol, result: Record, on_epoch) -> None:
     x, y, x_test, y_test = place_dataset(dataset, device)
     result.steps_per_epoch = len(dataset.y_train) // config.batch_size
     if result.steps_per_epoch == 0:
@@ -188,7 +135,7 @@ def _train_epochs(config, epoch, evaluate, state, arrays, key, result, on_epoch)
     return state
 
 
-def _time_rounds(train_round, state, x, y, key, protocol, result: TrialResult) -> None:
+def _time_rounds(train_round, state, x, y, key, protocol, result: Record) -> None:
     """Burn-in, then `repeats` synchronised rounds on the trained state (after evaluation)."""
     box = [state]
     round_key = jax.random.fold_in(key, 1_000_003)
@@ -203,9 +150,9 @@ def _time_rounds(train_round, state, x, y, key, protocol, result: TrialResult) -
     result.other_cpu_cores, result.busy = load.other_cores(), load.busy()
 
 
-def _summarise(result: TrialResult, config: TrialConfig, protocol: TimingProtocol,
-               peak_flops: float | None, device: jax.Device) -> None:
-    """Derived figures: steady epoch time, round statistics, FLOP/s, time to accuracy, memory."""
+def _summarise(result: Record, config: TrialConfig, protocol: TimingProtocol,
+               peak_flops: float | None) -> None:
+    """Derived figures: steady epoch time, round statistics, FLOP/s, time to accuracy."""
     if result.epoch_s:
         result.first_epoch_s = result.epoch_s[0]
         result.steady_epoch_s = round(statistics.median(result.epoch_s[1:] or result.epoch_s), 4)
@@ -222,5 +169,3 @@ def _summarise(result: TrialResult, config: TrialConfig, protocol: TimingProtoco
                 result.peak_fraction = round(result.achieved_flops / peak_flops, 4)
     result.time_to_accuracy = time_to_accuracy(result.history, protocol.targets,
                                                result.compile_s or 0.0)
-    result.memory["device_peak_bytes"] = costs.device_peak_bytes(device)
-    result.memory["process_peak_rss_bytes"] = costs.process_peak_rss_bytes()

@@ -32,13 +32,14 @@ import numpy as np  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench import registry  # noqa: E402
-from bench.spec import make_trial  # noqa: E402
+from bench.schema import make_config  # noqa: E402
 from bench.steps import build_program  # noqa: E402
 from bench.trial import build_model  # noqa: E402
 
 
 def compiled_round(model: str, units: int | None, cell: str, batch: int, steps: int):
-    config = make_trial(model, units, "relu", "adam", batch_size=batch, cell=cell)
+    config = make_config({"model": model, "units": units, "activation": "relu", "optimizer": "adam",
+                          "batch_size": batch, "cell": cell})
     program = build_program(build_model(config), registry.optimizer("adam"), batch,
                             round_steps=steps)
     rng = np.random.default_rng(0)

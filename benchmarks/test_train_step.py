@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import pytest
 
 from bench import registry
-from bench.spec import make_trial
+from bench.schema import make_config
 from bench.steps import build_program
 from bench.trial import build_model
 from models import MODELS
@@ -22,7 +22,8 @@ BATCH = 128
 
 @pytest.mark.parametrize("family", list(MODELS))
 def test_train_step(benchmark, family):
-    config = make_trial(family, None, "relu", "adam", batch_size=BATCH)
+    config = make_config({"model": family, "activation": "relu", "optimizer": "adam",
+                          "batch_size": BATCH})
     program = build_program(build_model(config), registry.optimizer("adam"), BATCH, round_steps=1)
     x = jax.random.uniform(jax.random.key(0), (BATCH, 28, 28))
     y = jax.random.randint(jax.random.key(1), (BATCH,), 0, 10)

@@ -2,34 +2,44 @@
 
 Every family has one constructor shape, `(units, activation, num_classes, rngs,
 **options)`, takes images of shape (batch, 28, 28) and returns logits of shape
-(batch, num_classes). A family's `options` are the extra keyword arguments it
-accepts (e.g. `depth` for dense); bench passes only those.
+(batch, num_classes). Which options a family takes is said by the sweep axes
+table (bench/schema.py, an axis's `families`).
+
+This module is the catalogue only and imports no JAX: `bench list`, `--help` and
+sweep validation read it. A family's class is imported when a model is built.
 """
 
 from __future__ import annotations
 
+import importlib
 from dataclasses import dataclass
-
-from models.conv import Conv
-from models.dense import Dense
-from models.recurrent import CELLS, Recurrent
 
 
 @dataclass(frozen=True)
 class ModelEntry:
-    build: type
+    """A family: where its class lives, what `units` means, and its reference width."""
+
+    path: str  # "module:Class"
     units_meaning: str
     reference_units: int
-    options: tuple[str, ...]
+
+    @property
+    def build(self) -> type:
+        """The family's nnx.Module class (imports JAX and Flax)."""
+        module, _, name = self.path.partition(":")
+        return getattr(importlib.import_module(module), name)
 
 
 MODELS: dict[str, ModelEntry] = {
-    "dense": ModelEntry(Dense, "width of each hidden layer (depth layers, default 2)",
-                        512, ("depth", "dropout")),
-    "conv": ModelEntry(Conv, "filters of the first conv block (then 2x units; dense 8x units)",
-                       32, ("dropout",)),
-    "recurrent": ModelEntry(Recurrent, "hidden-state size of the cell (lstm, gru or simple)",
-                            128, ("cell", "dropout")),
+    "dense": ModelEntry("models.dense:Dense",
+                        "width of each hidden layer (depth layers, default 2)", 512),
+    "conv": ModelEntry("models.conv:Conv",
+                       "filters of the first conv block (then 2x units; dense 8x units)", 32),
+    "recurrent": ModelEntry("models.recurrent:Recurrent",
+                            "hidden-state size of the cell (lstm, gru or simple)", 128),
 }
 
-__all__ = ["MODELS", "ModelEntry", "CELLS", "Conv", "Dense", "Recurrent"]
+# The recurrent cells by name; models/recurrent.py's CELLS defines them (a test checks both agree).
+CELLS: tuple[str, ...] = ("lstm", "gru", "simple")
+
+__all__ = ["MODELS", "ModelEntry", "CELLS"]

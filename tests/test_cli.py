@@ -14,7 +14,7 @@ import pytest
 
 from bench import registry, results
 from bench.cli import main
-from bench.spec import TrialConfig
+from bench.schema import TrialConfig
 from bench.sweepfile import preset_names
 from bench.timing import summarize
 from conftest import isolated_env, write_npz
@@ -55,7 +55,7 @@ def test_run_succeeds_and_writes_the_run_directory(run):
 
 def test_header_says_where_the_numbers_came_from(run, header):
     _, out, npz = run
-    assert header["schema_version"] == results.SCHEMA_VERSION == 1
+    assert header["schema_version"] == results.SCHEMA_VERSION == 2
     assert header["command"].startswith("python -m bench run --models dense")
     assert f"--out {out}" in header["command"]
     for package in ("python", "jax", "jaxlib", "flax", "optax", "scipy-openblas32"):
@@ -82,7 +82,7 @@ def test_header_holds_the_real_calibration(header):
 
 
 def test_one_record_per_trial(records, header):
-    assert [r["key"] for r in records] == [TrialConfig.from_dict(c).key() for c in header["plan"]]
+    assert [r["key"] for r in records] == [TrialConfig.from_dict(c).key for c in header["plan"]]
     assert [r["config"]["activation"] for r in records] == ["relu", "tanh"]
     for r in records:
         assert r["config"] == {"model": "dense", "units": 4, "activation": r["config"]["activation"],
@@ -179,7 +179,7 @@ def test_bad_input_exits_before_anything_compiles(isolated, tiny_npz, nothing_ma
             "--out", str(out), *flags]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.startswith("bench: error:")
+    assert err.startswith("bench run: error:")
     for text in expected:
         assert text in err, f"{text!r} not in {err!r}"
     assert not out.exists()

@@ -17,7 +17,7 @@ from bench.cli import main
 from bench.compare import (CompareError, Thresholds, compare_records, compare_runs, load_run,
                            parse_threshold, timing_verdict)
 from bench.render.comparison import TITLES, render_markdown
-from bench.spec import TrialConfig
+from bench.schema import Record, TrialConfig
 
 STEPS = 20  # round_steps of every synthetic record
 
@@ -35,24 +35,24 @@ def draw_rounds(step_s: float, *, n: int = 8, noise: float = 0.02, seed: int = 0
 
 def record(cfg: TrialConfig | None = None, *, step_s: float = 0.001, rounds: list[float] | None = None,
            accuracy: float | None = 0.98, status: str = "ok", compile_s: float | None = 2.0,
-           busy: bool = False, seed: int = 0) -> dict:
-    """A results.jsonl record with the fields compare reads."""
+           busy: bool = False, seed: int = 0) -> Record:
+    """A record with the fields compare reads."""
     cfg = cfg or config()
     if rounds is None:
         rounds = draw_rounds(step_s, seed=seed) if status == "ok" else []
-    return {"key": cfg.key(), "config": cfg.to_dict(), "status": status,
-            "test_accuracy": accuracy, "compile_s": compile_s, "round_steps": STEPS,
-            "rounds_s": rounds, "busy": busy, "compile_cache_hits": 0}
+    return Record(config=cfg, status=status, test_accuracy=accuracy, compile_s=compile_s,
+                  round_steps=STEPS, rounds_s=rounds, busy=busy)
 
 
-def write_run(path: Path, records: list[dict], peak_flops: float | None = None) -> Path:
+def write_run(path: Path, records: list, peak_flops: float | None = None) -> Path:
     """A run directory: run.json (with calibration if given) and results.jsonl."""
     path.mkdir(parents=True, exist_ok=True)
     header = {"schema_version": 1, "run_id": path.name}
     if peak_flops is not None:
         header["calibration"] = {"peak_flops": peak_flops}
     (path / "run.json").write_text(json.dumps(header))
-    (path / "results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    lines = (json.dumps(r.to_json() if isinstance(r, Record) else r) + "\n" for r in records)
+    (path / "results.jsonl").write_text("".join(lines))
     return path
 
 
@@ -222,10 +222,21 @@ def test_unusable_input_exits_2_with_a_message(tmp_path, capsys, case):
     assert len(err.strip().splitlines()) == 1
 
 
-def test_load_run_rejects_records_that_are_not_trials(tmp_path):
+@pytest.mark.parametrize("line, message", [
+    ("[1, 2]", "not an object"),
+    ('{"status": "ok"}', "record 1: a record needs its trial config"),
+    ('{"config": {"model": "dense", "activation": "relu", "optimizer": "adam", "units": -4}}',
+     "record 1: config: units: -4 is out of range"),
+    ('{"config": {"model": "dense", "activation": 3, "optimizer": "adam"}}',
+     "record 1: config: activations: 3 is not a name"),
+    ('{"config": {"model": "dense", "activation": "relu", "optimizer": "adam"}, "colour": 1}',
+     "unknown record field(s) colour"),
+    ('{"schema_version": 99, "config": {}}', "newer bench"),
+])
+def test_load_run_rejects_records_that_are_not_trials(tmp_path, line, message):
     run = write_run(tmp_path / "run", [])
-    (run / "results.jsonl").write_text("[1, 2]\n")
-    with pytest.raises(CompareError, match="not a trial record"):
+    (run / "results.jsonl").write_text(line + "\n")
+    with pytest.raises(CompareError, match=re.escape(message)):
         load_run(run)
 
 

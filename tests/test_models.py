@@ -14,7 +14,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bench.schema import model_options
 from models import CELLS, MODELS
+from models.recurrent import CELLS as CELL_KINDS
 from models.layers import PatchConv, dropout
 from models.recurrent import Recurrent
 
@@ -77,11 +79,11 @@ def test_family_examples_are_independent(name):
 
 @pytest.mark.parametrize("name", list(MODELS))
 def test_family_accepts_its_declared_options(name):
-    """bench passes `options` as keywords: each must be a keyword parameter of the constructor."""
+    """bench passes the family's option axes as keywords: each must be a keyword parameter."""
     entry = MODELS[name]
     params = inspect.signature(entry.build.__init__).parameters
     assert list(params)[1:5] == ["units", "activation", "num_classes", "rngs"]
-    for option in entry.options:
+    for option in model_options(name):
         assert option in params, f"{name} declares option {option!r} that it does not accept"
         assert params[option].kind is inspect.Parameter.KEYWORD_ONLY
 
@@ -98,7 +100,7 @@ def test_reference_configuration_has_documented_parameter_count(name):
 @pytest.mark.parametrize("cell", list(CELLS))
 def test_every_recurrent_cell_returns_logits(cell):
     model = tiny("recurrent", cell=cell)
-    gates = CELLS[cell].gates
+    gates = CELL_KINDS[cell].gates
     units = TINY_UNITS["recurrent"]
     assert model.input_proj.kernel.shape == (28, gates * units)
     assert model.recurrent_kernel.shape == (units, gates * units)
@@ -136,7 +138,7 @@ def test_lstm_forget_gate_bias_starts_at_one():
 
 # ---- dropout -------------------------------------------------------------------------------
 
-DROPOUT_FAMILIES = [name for name, entry in MODELS.items() if "dropout" in entry.options]
+DROPOUT_FAMILIES = [name for name in MODELS if "dropout" in model_options(name)]
 
 
 @pytest.mark.parametrize("name", DROPOUT_FAMILIES)

@@ -26,6 +26,7 @@ from bench.render.aggregate import Group, pareto_front, stat
 from bench.render.cells import stat_cell
 from bench.render.report import render_run
 from bench.runner import _finish
+from bench.schema import Record
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_RUN = GOLDEN / "run"
@@ -82,7 +83,8 @@ def test_seed_statistic_cells(values, seeds, text):
 
 def _group(acc: float, seconds: float, units: int) -> Group:
     cfg = report_data.config("dense", units, "relu", "sgd", 0)
-    rec = {"config": cfg, "status": "ok", "test_accuracy": acc, "history": [{"epoch_s": seconds}]}
+    rec = Record.from_json({"config": cfg, "status": "ok", "test_accuracy": acc,
+                            "history": [{"epoch_s": seconds}]})
     return Group("run", 0, cfg, (rec,))
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from bench import results
 from bench.cli import main
-from bench.trial import TrialResult
+from bench.schema import Record, TrialConfig
 from conftest import write_npz
 
 SWEEP = ["--models", "dense", "--units", "4", "--activations", "relu,tanh,sigmoid",
@@ -23,8 +23,8 @@ SWEEP = ["--models", "dense", "--units", "4", "--activations", "relu,tanh,sigmoi
 class Recorder:
     """Stands in for run_trial: records each config, raises KeyboardInterrupt on chosen calls."""
 
-    def __init__(self, interrupt_on: int | None = None):
-        self.configs, self.protocols, self.interrupt_on = [], [], interrupt_on
+    def __init__(self, interrupt_on: int | None = None, fail: tuple = ()):
+        self.configs, self.protocols, self.interrupt_on, self.fail = [], [], interrupt_on, fail
 
     def __call__(self, config, dataset, device, protocol, *, peak_flops=None, on_epoch=None):
         self.configs.append(config)
@@ -33,13 +33,14 @@ class Recorder:
             raise KeyboardInterrupt
         entry = {"epoch": 1, "test_accuracy": 0.5, "epoch_s": 0.01}
         on_epoch(entry)
-        return TrialResult(key=config.key(), config=config.to_dict(), test_accuracy=0.5,
-                           epoch_s=[0.01], history=[entry], train_examples=len(dataset.y_train),
-                           test_examples=len(dataset.y_test))
+        if config.activation in self.fail:
+            return Record(config=config, status="failed", error="RuntimeError: boom")
+        return Record(config=config, test_accuracy=0.5, epoch_s=[0.01], history=[entry],
+                      train_examples=len(dataset.y_train), test_examples=len(dataset.y_test))
 
     @property
     def keys(self) -> list[str]:
-        return [c.key() for c in self.configs]
+        return [c.key for c in self.configs]
 
 
 @pytest.fixture
@@ -47,8 +48,8 @@ def bench_run(isolated, fake_peak, monkeypatch, tmp_path):
     """bench_run(*flags, interrupt_on=None) -> (exit status, Recorder), on tiny.npz into out/."""
     npz = write_npz(tmp_path / "tiny.npz")
 
-    def run(*flags, interrupt_on=None, data=str(npz), out="out"):
-        recorder = Recorder(interrupt_on)
+    def run(*flags, interrupt_on=None, data=str(npz), out="out", fail=()):
+        recorder = Recorder(interrupt_on, fail)
         monkeypatch.setattr("bench.runner.run_trial", recorder)
         argv = ["run", *flags] + (["--data", data] if data else []) + (["--out", out] if out else [])
         return main(argv), recorder
@@ -60,8 +61,7 @@ def keys_in(run_dir) -> list[str]:
 
 
 def planned_keys(run_dir) -> list[str]:
-    from bench.spec import TrialConfig
-    return [TrialConfig.from_dict(c).key() for c in results.read_header(run_dir)["plan"]]
+    return [TrialConfig.from_dict(c).key for c in results.read_header(run_dir)["plan"]]
 
 
 def test_interrupted_run_keeps_the_finished_trials(bench_run, tmp_path):
@@ -167,8 +167,19 @@ def test_resuming_with_other_data_is_refused(bench_run, tmp_path, capsys):
     status, recorder = bench_run(*SWEEP, data=str(other))
     err = capsys.readouterr().err
     assert status == 2 and recorder.keys == []
-    assert "same --data" in err and "128" in err and "256" in err
+    assert "data: this run used" in err and "tiny.npz" in err and "other.npz" in err
     assert (out / "results.jsonl").read_text() == before
+
+
+def test_resuming_onto_other_data_at_the_same_path_is_refused(bench_run, tmp_path, capsys):
+    """The recorded data identity is checked too: the same file name, other contents."""
+    out = tmp_path / "out"
+    bench_run(*SWEEP, interrupt_on=2)
+    write_npz(tmp_path / "tiny.npz", n_train=128, n_test=32)
+    status, recorder = bench_run(*SWEEP)
+    err = capsys.readouterr().err
+    assert status == 2 and recorder.keys == []
+    assert "same --data" in err and "128" in err and "256" in err
 
 
 def test_resume_alone_reuses_the_recorded_data(bench_run, tmp_path):
@@ -179,3 +190,109 @@ def test_resume_alone_reuses_the_recorded_data(bench_run, tmp_path):
     assert status == 0
     assert recorder.keys == planned_keys(out)[1:]
     assert keys_in(out) == planned_keys(out)
+
+
+@pytest.mark.parametrize("flags, named", [
+    (["--repeats", "3"], ["repeats: this run used 2, you asked for 3"]),
+    (["--round-steps", "5", "--burn-in", "0"],
+     ["round_steps: this run used 2, you asked for 5", "burn_in: this run used 1, you asked for 0"]),
+    (["--device", "cpu"], ["device: this run used 'auto', you asked for 'cpu'"]),
+    (["--targets", "0.5"], ["targets: this run used (0.97, 0.98, 0.99), you asked for (0.5,)"]),
+])
+def test_resuming_with_other_settings_is_refused_naming_each(bench_run, tmp_path, capsys, flags,
+                                                              named):
+    out = tmp_path / "out"
+    bench_run(*SWEEP, interrupt_on=2)
+    before = (out / "run.json").read_text(), (out / "results.jsonl").read_text()
+    for resume in ([*SWEEP, *flags], ["--resume", str(out), *flags]):
+        status, recorder = bench_run(*resume, out=None if "--resume" in resume else "out")
+        err = capsys.readouterr().err
+        assert status == 2 and recorder.keys == []
+        assert all(text in err for text in named), err
+        assert len(err.strip().splitlines()) == 1
+    assert ((out / "run.json").read_text(), (out / "results.jsonl").read_text()) == before
+
+
+def test_resuming_with_the_same_settings_spelled_out_is_accepted(bench_run, tmp_path):
+    out = tmp_path / "out"
+    bench_run(*SWEEP, interrupt_on=2)
+    status, recorder = bench_run(*SWEEP, "--repeats", "2", "--burn-in", "1")
+    assert status == 0 and recorder.keys == planned_keys(out)[1:]
+
+
+def test_a_plain_resume_keeps_failed_trials_and_says_so(bench_run, tmp_path, capsys):
+    out = tmp_path / "out"
+    bench_run(*SWEEP, fail=("tanh",))
+    capsys.readouterr()
+    status, again = bench_run(*SWEEP)
+    assert status == 0 and again.keys == []
+    assert "1 of them failed and are kept; --retry-failed runs them again" in capsys.readouterr().out
+
+
+def test_retry_failed_runs_the_failed_trials_only(bench_run, tmp_path):
+    out = tmp_path / "out"
+    _, first = bench_run(*SWEEP, fail=("tanh",))
+    (tanh,) = [c.key for c in first.configs if c.activation == "tanh"]
+    status, retry = bench_run("--resume", str(out), "--retry-failed", data=None, out=None)
+    assert status == 0 and retry.keys == [tanh]
+    from bench.render.runs import read_records
+    records = {r.key: r for r in read_records(out)}
+    assert records[tanh].status == "ok"  # the new record counts; the failed one stays in the file
+    assert len(results.read_results(out)) == 4 and len(records) == 3
+    assert results.read_header(out)["resumed"][-1]["retry_failed"] is True
+
+
+@pytest.mark.parametrize("make, messages", [
+    (lambda out: out.write_text("a file"), ("is a file, not a run directory", "no run to resume")),
+    (lambda out: (out.mkdir(), (out / "run.json").write_text("{not json")), ("run.json",) * 2),
+    (lambda out: (out.mkdir(), (out / "run.json").write_text("[1]")), ("run.json",) * 2),
+    (lambda out: (out.mkdir(), (out / "run.json").write_bytes(b"\xff\xfe")), ("run.json",) * 2),
+    (lambda out: (out.mkdir(), (out / "run.json").write_text('{"schema_version": 99}')),
+     ("newer bench",) * 2),
+])
+def test_an_unusable_out_or_resume_directory_is_one_line_and_exit_2(bench_run, tmp_path, capsys,
+                                                                     make, messages):
+    out = tmp_path / "out"
+    make(out)
+    for flags, message in zip((["--out", str(out)], ["--resume", str(out)]), messages):
+        status, recorder = bench_run(*SWEEP, *flags, out=None)
+        err = capsys.readouterr().err
+        assert status == 2 and recorder.keys == [], err
+        assert err.startswith("bench run: error:") and message in err
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+@pytest.mark.slow
+def test_a_second_run_into_a_held_directory_is_refused_naming_the_holder(bench_run, tmp_path,
+                                                                           capsys):
+    """Another process holds the run directory's lock: refused at once, nothing written."""
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bench import results\n"
+         "with results.lock_run_dir(Path(sys.argv[1])):\n    print('held', flush=True)\n"
+         "    sys.stdin.readline()", str(out)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        status, recorder = bench_run(*SWEEP)
+        err = capsys.readouterr().err
+        assert status == 2 and recorder.keys == []
+        assert f"pid {holder.pid}" in err and len(err.strip().splitlines()) == 1
+        assert not (out / "results.jsonl").exists()
+    finally:
+        holder.communicate("\n", timeout=30)
+    status, recorder = bench_run(*SWEEP)  # released: the run goes ahead
+    assert status == 0 and len(recorder.keys) == 3
+
+
+def test_runs_started_in_the_same_second_get_their_own_directories(bench_run, tmp_path,
+                                                                    monkeypatch):
+    import datetime as dt
+    fixed = dt.datetime(2026, 1, 1, 12, 0, 0)
+    monkeypatch.setattr(results, "new_run_id", lambda now=None: fixed.strftime("%Y%m%d-%H%M%S"))
+    for _ in range(3):
+        assert bench_run(*SWEEP, out=None)[0] == 0
+    made = sorted(p.name for p in (tmp_path / "reports").iterdir())
+    assert made == ["20260101-120000", "20260101-120000-2", "20260101-120000-3"]

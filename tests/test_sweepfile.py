@@ -9,9 +9,9 @@ import textwrap
 import pytest
 
 from bench import registry
-from bench.spec import SpecError, SweepSpec, expand
-from bench.sweepfile import (DISTRIBUTIONS, RUN_KEYS, TOP_KEYS, expected_runtime, load_sweep,
-                             preset_names, preset_path)
+from bench.schema import SpecError
+from bench.sweepfile import (DISTRIBUTIONS, RUN_KEYS, TOP_KEYS, expand, expected_runtime,
+                             load_sweep, preset_names, preset_path)
 from models import MODELS
 
 
@@ -44,7 +44,7 @@ def test_grid_with_scalar_and_list_values(write):
 def test_axes_left_out_take_the_default_sweep(write):
     sweep = load_sweep(write('name = "n"\ndescription = "d"\n[grid]\nepochs = 1\n'))
     assert (sweep.name, sweep.description) == ("n", "d")
-    defaults = expand(SweepSpec(epochs=(1,)))
+    defaults = expand({"epochs": (1,)})
     assert sweep.trials == tuple(defaults)
 
 
@@ -64,8 +64,8 @@ def test_several_grids_are_concatenated(write):
         optimizers = "adam"
         """))
     assert [(t.model, t.units, t.optimizer, t.cell) for t in sweep.trials] == [
-        ("dense", 8, "sgd", None), ("dense", 16, "sgd", None),  # axis order: optimizers, then units
-        ("dense", 8, "adam", None), ("dense", 16, "adam", None),
+        ("dense", 8, "sgd", None), ("dense", 8, "adam", None),  # AXES order: units, then optimizers
+        ("dense", 16, "sgd", None), ("dense", 16, "adam", None),
         ("recurrent", 4, "adam", "lstm"), ("recurrent", 4, "adam", "gru")]
 
 
@@ -112,12 +112,48 @@ def test_random_search_draws_inside_the_ranges(write):
     assert min(log_l2) < -5 and max(log_l2) > -4  # spread over the decades
 
 
+@pytest.mark.parametrize("distribution", DISTRIBUTIONS)
+def test_random_search_draws_integers_on_an_integer_axis(write, distribution):
+    """`units = {uniform = [32, 256]}` gives widths a model can have, both bounds included."""
+    sweep = load_sweep(write(f"""
+        [random]
+        samples = 200
+        models = "dense"
+        units = {{{distribution} = [32, 256]}}
+        depth = {{uniform = [1, 3]}}
+        """))
+    units = [t.units for t in sweep.trials]
+    assert all(type(u) is int and 32 <= u <= 256 for u in units)
+    assert len(set(units)) > 50  # drawn over the range, not a few rounded values
+    assert {t.depth for t in sweep.trials} == {1, 2, 3}
+
+
+def test_a_distribution_on_a_named_axis_is_refused(write):
+    with pytest.raises(SpecError, match="activations: uniform needs a numeric axis"):
+        load_sweep(write('[random]\nsamples = 2\nactivations = {uniform = [0, 1]}\n'))
+
+
+@pytest.mark.parametrize("written", ["[1]", "[1.0]", "1"])
+def test_a_number_written_as_int_or_float_is_one_trial(write, written):
+    """learning_rate = [1] and [1.0] (and --learning-rate 1) give the same trial key."""
+    sweep = load_sweep(write(f'[grid]\nmodels = "dense"\nlearning_rate = {written}\n'))
+    reference = load_sweep(write('[grid]\nmodels = "dense"\nlearning_rate = 1.0\n', "ref.toml"))
+    assert [t.key for t in sweep.trials] == [t.key for t in reference.trials]
+
+
+def test_a_sweep_file_that_is_not_utf8_names_the_file(tmp_path):
+    path = tmp_path / "latin1.toml"
+    path.write_bytes('name = "caf\u00e9"\n[grid]\nmodels = "dense"\n'.encode("latin-1"))
+    with pytest.raises(SpecError, match="latin1.toml: not a UTF-8 text file"):
+        load_sweep(path)
+
+
 def test_random_search_is_reproducible_from_its_seed(write):
     first = load_sweep(write(RANDOM.format(seed=7), name="a.toml")).trials
     again = load_sweep(write(RANDOM.format(seed=7), name="b.toml")).trials
     other = load_sweep(write(RANDOM.format(seed=8), name="c.toml")).trials
     assert first == again
-    assert [t.key() for t in first] == [t.key() for t in again]
+    assert [t.key for t in first] == [t.key for t in again]
     assert [t.learning_rate for t in first] != [t.learning_rate for t in other]
 
 
@@ -153,9 +189,9 @@ def test_explicit_trials_carry_their_references(write):
         """))
     conv, dense = sweep.trials
     assert (conv.model, conv.units, conv.optimizer, conv.learning_rate) == ("conv", 8, "momentum", 0.1)
-    assert sweep.references == {conv.key(): {"name": "paper CNN", "published_test_accuracy": 0.99,
+    assert sweep.references == {conv.key: {"name": "paper CNN", "published_test_accuracy": 0.99,
                                              "source": "the paper"}}
-    assert dense.key() not in sweep.references
+    assert dense.key not in sweep.references
 
 
 def test_run_table_is_returned_as_is(write):
@@ -206,7 +242,7 @@ def test_overrides_replace_the_axis_everywhere(write, overrides, check):
     assert all(check(t) for t in sweep.trials)
     # The reference follows its trial to the trial's new key.
     (recurrent,) = [t for t in sweep.trials if t.model == "recurrent"]
-    assert set(sweep.references) == {recurrent.key()}
+    assert set(sweep.references) == {recurrent.key}
 
 
 def test_a_models_override_narrows_every_table(write):
@@ -284,7 +320,7 @@ def test_every_preset_loads_and_says_how_to_run_it(name):
 
 
 def test_quick_preset_is_the_default_sweep():
-    assert load_sweep(preset_path("quick")).trials == tuple(expand(SweepSpec()))
+    assert load_sweep(preset_path("quick")).trials == tuple(expand({}))
 
 
 def test_standard_preset_covers_the_grid():
@@ -304,7 +340,7 @@ def test_standard_preset_covers_the_grid():
 ])
 def test_reference_preset_has_the_published_configurations(name_part, model, accuracy):
     sweep = load_sweep(preset_path("reference"))
-    by_key = {t.key(): t for t in sweep.trials}
+    by_key = {t.key: t for t in sweep.trials}
     assert set(sweep.references) <= set(by_key)
     matches = [(by_key[k], ref) for k, ref in sweep.references.items() if name_part in ref["name"]]
     assert len(matches) == 1

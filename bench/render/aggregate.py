@@ -6,14 +6,13 @@ has no meaningful accuracy or timing, and its status is counted instead.
 
 from __future__ import annotations
 
-import dataclasses
+import operator
 import statistics
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from bench.render.runs import Run
-from bench.spec import TrialConfig
-from bench.trial import STATUSES
+from bench.schema import AGGREGATE_FIELDS, AXES, STATUSES, Record, TrialConfig
 
 
 @dataclass(frozen=True)
@@ -34,37 +33,23 @@ def stat(values) -> Stat:
     return Stat(statistics.fmean(values), sd, len(values))
 
 
-def train_s(record: dict) -> float | None:
-    """Training seconds: the sum of the epoch times (no compilation, no evaluation)."""
-    times = [h.get("epoch_s") for h in record.get("history") or []] or record.get("epoch_s") or []
-    times = [t for t in times if t is not None]
-    return round(sum(times), 6) if times else None  # no float noise in files
-
-
-def time_to(target: str) -> Callable[[dict], float | None]:
+def time_to(target: str) -> Callable[[Record], float | None]:
     """Getter: training seconds until test accuracy first reached `target` (None if never)."""
-    return lambda r: ((r.get("time_to_accuracy") or {}).get(target) or {}).get("train_s")
+    return lambda r: r.time_to(target)
 
 
-METRICS: dict[str, Callable[[dict], object]] = {
-    "test_accuracy": lambda r: r.get("test_accuracy"),
-    "compile_s": lambda r: r.get("compile_s"),
-    "first_epoch_s": lambda r: r.get("first_epoch_s"),
-    "steady_epoch_s": lambda r: r.get("steady_epoch_s"),
-    "train_s": train_s,
-    "step_ms": lambda r: r.get("step_ms"),
-    "samples_per_s": lambda r: r.get("samples_per_s"),
-    "achieved_flops": lambda r: r.get("achieved_flops"),
-    "peak_fraction": lambda r: r.get("peak_fraction"),
-    "params": lambda r: r.get("params"),
+# The figures averaged over seeds: the record's aggregate fields, and its training time.
+METRICS: dict[str, Callable[[Record], object]] = {
+    **{name: operator.attrgetter(name) for name in AGGREGATE_FIELDS},
+    "train_s": operator.attrgetter("train_s"),
 }
 
 
-def seedless(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k != "seed"}
+def seedless(config: TrialConfig) -> dict:
+    return {k: v for k, v in config.to_dict().items() if k != "seed"}
 
 
-FIELD_ORDER = [f.name for f in dataclasses.fields(TrialConfig)]
+FIELD_ORDER = [a.name for a in AXES]
 
 
 def config_order(config: dict) -> tuple:
@@ -88,19 +73,19 @@ class Group:
     run: str
     run_index: int
     config: dict
-    records: tuple[dict, ...]
+    records: tuple[Record, ...]
 
     @property
     def label(self) -> str:
-        return TrialConfig.from_dict({**self.config, "seed": 0}).label()
+        return self.records[0].config.label()
 
     @property
     def family(self) -> str:
         return self.config["model"]
 
     @property
-    def ok(self) -> tuple[dict, ...]:
-        return tuple(r for r in self.records if r.get("status") == "ok")
+    def ok(self) -> tuple[Record, ...]:
+        return tuple(r for r in self.records if r.ok)
 
     def metric(self, name: str) -> Stat:
         """The Stat of a METRICS name, or of any getter, over the ok trials."""
@@ -114,7 +99,7 @@ class Group:
         return status_summary(self.records)
 
     def seeds(self) -> list:
-        return sorted(r["config"].get("seed") for r in self.records)
+        return sorted(r.config.seed for r in self.records)
 
     def sort_key(self) -> tuple:
         return (self.run_index, config_order(self.config))
@@ -122,7 +107,7 @@ class Group:
 
 def status_counts(records) -> dict[str, int]:
     """status -> number of records, the known statuses first, absent ones left out."""
-    statuses = [r.get("status") for r in records]
+    statuses = [r.status for r in records]
     names = [*STATUSES, *sorted(set(statuses) - set(STATUSES))]
     return {s: statuses.count(s) for s in names if statuses.count(s)}
 
@@ -134,18 +119,18 @@ def status_summary(records) -> str:
 
 def group_trials(runs: list[Run]) -> list[Group]:
     """Every (run, configuration without seed) group, in run order then config order."""
-    groups: dict[tuple, list[dict]] = {}
+    groups: dict[tuple, list[Record]] = {}
     for index, run in enumerate(runs):
         for record in run.records:
-            key = (index, tuple(sorted(seedless(record["config"]).items(), key=lambda kv: kv[0])))
+            key = (index, tuple(seedless(record.config).items()))
             groups.setdefault(key, []).append(record)
     out = [Group(runs[i].label, i, dict(items), tuple(sorted(recs, key=_record_order)))
            for (i, items), recs in groups.items()]
     return sorted(out, key=Group.sort_key)
 
 
-def _record_order(record: dict) -> tuple:
-    return (record["config"].get("seed") or 0, record.get("key") or "")
+def _record_order(record: Record) -> tuple:
+    return (record.config.seed or 0, record.key)
 
 
 def ranked(groups: list[Group]) -> list[Group]:
@@ -176,5 +161,5 @@ def pareto_front(groups: list[Group]) -> list[Group]:
 def targets(runs: list[Run]) -> list[str]:
     """The time-to-accuracy target keys ('0.97', ...) of the runs, ascending."""
     keys = {f"{t:g}" for run in runs for t in (run.header.get("protocol") or {}).get("targets", [])}
-    keys |= {k for run in runs for r in run.records for k in (r.get("time_to_accuracy") or {})}
+    keys |= {k for run in runs for r in run.records for k in r.time_to_accuracy}
     return sorted(keys, key=float)

@@ -6,15 +6,15 @@ import csv
 import io
 from pathlib import Path
 
-from bench.render.aggregate import FIELD_ORDER, config_order, targets, train_s
+from bench.render.aggregate import FIELD_ORDER, config_order, targets
 from bench.render.runs import Run
+from bench.schema import SCALAR_FIELDS, Record
 
 RUN_COLUMNS = ["run", "run_id", "platform", "device_kind", "data_name", "data_source",
-               "train_examples", "test_examples"]
-METRIC_COLUMNS = ["key", "status", "test_accuracy", "test_loss", "compile_s", "eval_compile_s",
-                  "round_compile_s", "compile_cache_hits", "first_epoch_s", "steady_epoch_s",
-                  "train_s", "epochs_run", "step_ms", "samples_per_s", "flops_per_step",
-                  "achieved_flops", "peak_fraction", "busy", "other_cpu_cores", "params", "wall_s"]
+               "data_train_examples", "data_test_examples"]
+# The record's scalar fields, then what is derived from its history.
+DERIVED = {"train_s": lambda r: r.train_s, "epochs_run": lambda r: r.epochs_run}
+METRIC_COLUMNS = ["key", *SCALAR_FIELDS, *DERIVED]
 TTA_FIELDS = ("epoch", "train_s", "with_compile_s")
 TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy", "reference_source", "error"]
 # A text cell starting with one of these is a formula to a spreadsheet (an error message
@@ -35,31 +35,32 @@ def _flat(prefix: str, value) -> dict:
 def _run_fields(run: Run) -> dict:
     device, data = run.header.get("device") or {}, run.header.get("data") or {}
     return {"run": run.label, "run_id": run.header.get("run_id"),
-            "platform": device.get("platform"), "device_kind": device.get("device_kind"), "data_name": data.get("name"),
-            "data_source": data.get("source"), "train_examples": data.get("train_examples"),
-            "test_examples": data.get("test_examples")}
+            "platform": device.get("platform"), "device_kind": device.get("device_kind"),
+            "data_name": data.get("name"), "data_source": data.get("source"),
+            "data_train_examples": data.get("train_examples"),
+            "data_test_examples": data.get("test_examples")}
 
 
-def _tta(record: dict, keys: list[str]) -> dict:
+def _tta(record: Record, keys: list[str]) -> dict:
     out = {}
     for t in keys:
-        hit = (record.get("time_to_accuracy") or {}).get(t) or {}
+        hit = record.time_to_accuracy.get(t) or {}
         out |= {f"to_{t}_{k}": hit.get(k) for k in TTA_FIELDS}
     return out
 
 
-def flat_row(run: Run, record: dict, keys: list[str]) -> dict:
+def flat_row(run: Run, record: Record, keys: list[str]) -> dict:
     """One trial as a flat dict of column -> scalar."""
-    ref = record.get("reference") or {}
-    row = _run_fields(run) | {f: record["config"].get(f) for f in FIELD_ORDER}
-    row |= {c: record.get(c) for c in METRIC_COLUMNS}
-    row |= {"train_s": train_s(record), "epochs_run": len(record.get("history") or [])}
-    row |= _flat("round", record.get("round_stats") or {})
-    row |= _flat("memory", record.get("memory") or {})
+    ref = record.reference or {}
+    row = _run_fields(run) | record.config.to_dict() | {"key": record.key}
+    row |= {name: getattr(record, name) for name in SCALAR_FIELDS}
+    row |= {name: get(record) for name, get in DERIVED.items()}
+    row |= _flat("round", record.round_stats or {})
+    row |= _flat("memory", record.memory)
     row |= _tta(record, keys)
     row |= {"reference_name": ref.get("name"), "reference_source": ref.get("source"),
             "reference_published_test_accuracy": ref.get("published_test_accuracy"),
-            "error": record.get("error")}
+            "error": record.error}
     return row
 
 
@@ -75,7 +76,7 @@ def spreadsheet_safe(value):
 def render_csv(runs: list[Run]) -> str:
     """Every trial of `runs`, in run order then configuration order, as CSV text."""
     keys = targets(runs)
-    order = lambda r: (config_order(r["config"]), r.get("key") or "")  # noqa: E731
+    order = lambda r: (config_order(r.config.to_dict()), r.key)  # noqa: E731
     rows = [flat_row(run, r, keys) for run in runs for r in sorted(run.records, key=order)]
     extra = sorted({c for row in rows for c in row if c.startswith(("round_", "memory_"))}
                    - set(METRIC_COLUMNS))

@@ -89,7 +89,7 @@ def _mean_curve(g: Group) -> tuple[list[int], list[float]]:
     """Mean test accuracy (%) per epoch over the ok trials."""
     per_epoch: dict[int, list[float]] = {}
     for r in g.ok:
-        for h in r.get("history") or []:
+        for h in r.history:
             if h.get("test_accuracy") is not None:
                 per_epoch.setdefault(h["epoch"], []).append(100 * h["test_accuracy"])
     epochs = sorted(per_epoch)

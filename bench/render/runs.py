@@ -1,4 +1,4 @@
-"""Run directories as the report sees them: header, records and the label they are shown under."""
+"""Run directories as readers see them: header, records and the label they are shown under."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.results import HEADER, RESULTS, read_header, read_results
+from bench.schema import Record, SchemaError, check_version
 
 
 class ReportError(ValueError):
@@ -18,7 +19,7 @@ class Run:
 
     path: Path
     header: dict
-    records: tuple[dict, ...]
+    records: tuple[Record, ...]
     label: str
 
 
@@ -26,6 +27,32 @@ def run_dir_of(path: Path) -> Path:
     """The run directory of `path` (a run directory or the results.jsonl inside one)."""
     path = Path(path)
     return path.parent if path.name in (RESULTS, HEADER) else path
+
+
+def read_records(path: Path) -> list[Record]:
+    """The records of a run directory or results.jsonl, migrated to this schema version.
+
+    A trial run again (--retry-failed) has several records; the last one counts.
+    """
+    path = Path(path)
+    latest: dict[str, Record] = {}
+    for number, data in enumerate(read_results(path), 1):
+        try:
+            record = Record.from_json(data)
+        except (SchemaError, TypeError) as exc:
+            raise SchemaError(f"{path}: record {number}: {exc}") from None
+        latest.pop(record.key, None)  # re-inserted: the order is that of the last records
+        latest[record.key] = record
+    return list(latest.values())
+
+
+def read_run_header(run_dir: Path) -> dict:
+    """run.json of `run_dir`, checked to be a version this bench reads."""
+    header = read_header(run_dir)
+    if not isinstance(header, dict):
+        raise SchemaError(f"{Path(run_dir) / HEADER}: not a JSON object")
+    check_version(header.get("schema_version"), str(Path(run_dir) / HEADER))
+    return header
 
 
 def base_label(header: dict) -> str:
@@ -39,8 +66,8 @@ def load_run(path: Path, label: str | None = None) -> Run:
     run_dir = run_dir_of(path)
     if not (run_dir / HEADER).is_file():
         raise ReportError(f"{run_dir}: not a run directory (no {HEADER})")
-    header = read_header(run_dir)
-    return Run(run_dir, header, tuple(read_results(run_dir)), label or base_label(header))
+    header = read_run_header(run_dir)
+    return Run(run_dir, header, tuple(read_records(run_dir)), label or base_label(header))
 
 
 def load_runs(paths: list[Path]) -> list[Run]:

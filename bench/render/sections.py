@@ -13,6 +13,7 @@ from bench.render.aggregate import (Group, families, group_trials, pareto_front,
 from bench.render.cells import Cell, number_cell, stat_cell, text_cell
 from bench.render.document import Block, Facts, Para, Report, Section, Table, table
 from bench.render.runs import Run, data_identity
+from bench.schema import UNITS, Record
 
 LEADERBOARD_SIZE = 10
 
@@ -62,7 +63,9 @@ def _seeds(g: Group) -> int:
     return len(g.records)
 
 
-def _metric(title: str, name, kind: str, missing: str = cells.MISSING) -> Column:
+def _metric(title: str, name, kind: str | None = None, missing: str = cells.MISSING) -> Column:
+    """A column of a seed statistic; `kind` defaults to the record field's unit."""
+    kind = kind or UNITS[name]
     return (title, True, lambda g: stat_cell(g.metric(name), kind, _seeds(g), missing))
 
 
@@ -71,13 +74,13 @@ def _status(g: Group) -> Cell:
 
 
 def _busy(g: Group) -> Cell:
-    busy = sum(bool(r.get("busy")) for r in g.records)
+    busy = sum(r.busy for r in g.records)
     text = "" if not busy else "yes" if busy == len(g.records) else f"{busy}/{len(g.records)}"
     return Cell(text, busy)
 
 
 def _params(g: Group) -> Cell:
-    return number_cell(stat(r.get("params") for r in g.records).mean, "count")
+    return number_cell(stat(r.params for r in g.records).mean, "count")
 
 
 RUN: Column = ("run", False, lambda g: text_cell(g.run))
@@ -125,7 +128,7 @@ def _status_line(records) -> str:
 
 def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
     h = run.header
-    seeds = sorted({r["config"].get("seed") for r in run.records}, key=str)
+    seeds = sorted({r.config.seed for r in run.records}, key=str)
     facts = [("Run", _run_name(h)),
              ("Data", f"{cells.data_line(h.get('data') or {})}. Every accuracy in this report "
                       f"is measured on the test split of this data set."),
@@ -166,7 +169,7 @@ def best_per_family(runs: list[Run], groups: list[Group]) -> Block:
     if not best:
         return Para("No trial finished ok.")
     chosen = [best[k] for k in sorted(best)]
-    columns = _columns(runs, FAMILY, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy", "pct"),
+    columns = _columns(runs, FAMILY, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
                        TRAIN_S)
     return _rows_table("Best configuration per family", columns, chosen, accuracy_caption(runs))
 
@@ -181,9 +184,9 @@ def leaderboard(runs: list[Run], groups: list[Group]) -> Section:
         return Section("leaderboard", "Leaderboard", (Para("No trial finished ok."),))
     rank = {id(g): i + 1 for i, g in enumerate(top)}
     columns = [("#", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
-               *_columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy", "pct"),
-                         TRAIN_S, _metric("steady epoch s", "steady_epoch_s", "s"),
-                         _metric("ms/step", "step_ms", "ms"), _metric("compile s", "compile_s", "s"))]
+               *_columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
+                         TRAIN_S, _metric("steady epoch s", "steady_epoch_s"),
+                         _metric("ms/step", "step_ms"), _metric("compile s", "compile_s"))]
     caption = (f"Top {len(top)} of {len(order)} configurations by mean test accuracy. "
                + accuracy_caption(runs))
     return Section("leaderboard", "Leaderboard", (_rows_table("", columns, top, caption),))
@@ -260,7 +263,7 @@ def pareto(runs: list[Run], groups: list[Group]) -> Section | None:
     front = pareto_front(groups)
     if not front:
         return None
-    columns = _columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy", "pct"),
+    columns = _columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
                        TRAIN_S)
     caption = ("Configurations that no other configuration beats on both mean test accuracy and "
                "mean training time (train s), fastest first. " + accuracy_caption(runs))
@@ -280,12 +283,12 @@ def all_configurations(runs: list[Run], groups: list[Group]) -> Section | None:
     if not groups:
         return None
     columns = _columns(runs, CONFIG, SEEDS, ("status", False, _status),
-                       _metric(_acc_title(runs), "test_accuracy", "pct"),
-                       _metric("compile s", "compile_s", "s"), _metric("epoch 1 s", "first_epoch_s", "s"),
-                       _metric("steady epoch s", "steady_epoch_s", "s"), TRAIN_S,
-                       _metric("ms/step", "step_ms", "ms"), _metric("samples/s", "samples_per_s", "rate"),
-                       _metric("GFLOP/s", "achieved_flops", "gflops"),
-                       _metric("% of peak", "peak_fraction", "pct"), ("busy", False, _busy),
+                       _metric(_acc_title(runs), "test_accuracy"),
+                       _metric("compile s", "compile_s"), _metric("epoch 1 s", "first_epoch_s"),
+                       _metric("steady epoch s", "steady_epoch_s"), TRAIN_S,
+                       _metric("ms/step", "step_ms"), _metric("samples/s", "samples_per_s"),
+                       _metric("GFLOP/s", "achieved_flops"),
+                       _metric("% of peak", "peak_fraction"), ("busy", False, _busy),
                        ("params", True, _params), *_target_columns(runs))
     caption = (accuracy_caption(runs) + " \"to X% s\": training seconds until the test accuracy "
                f"first reached X% (compilation excluded; {cells.NEVER} never reached). % of peak: "
@@ -298,7 +301,7 @@ def all_configurations(runs: list[Run], groups: list[Group]) -> Section | None:
 
 
 def _reference(g: Group) -> dict | None:
-    return next((r["reference"] for r in g.records if r.get("reference")), None)
+    return next((r.reference for r in g.records if r.reference), None)
 
 
 def _difference(g: Group) -> Cell:
@@ -317,7 +320,7 @@ def published(runs: list[Run], groups: list[Group]) -> Section | None:
                        ("reference", False, lambda g: text_cell(_reference(g).get("name"))),
                        ("published %", True,
                         lambda g: number_cell(_reference(g).get("published_test_accuracy"), "pct")),
-                       _metric(_acc_title(runs, "measured %"), "test_accuracy", "pct"),
+                       _metric(_acc_title(runs, "measured %"), "test_accuracy"),
                        ("difference pp", True, _difference),
                        ("source", False, lambda g: text_cell(_reference(g).get("source"))))
     caption = ("Published figures are as reported by their source, on its own test set and "
@@ -329,18 +332,18 @@ def published(runs: list[Run], groups: list[Group]) -> Section | None:
 # ---------------------------------------------------------------- errors
 
 
-def _error_text(record: dict) -> str:
-    if record.get("error"):
-        return str(record["error"])
-    if record.get("status") == "diverged":
-        return f"loss or test loss not finite in epoch {len(record.get('history') or [])}"
+def _error_text(record: Record) -> str:
+    if record.error:
+        return str(record.error)
+    if record.status == "diverged":
+        return f"loss or test loss not finite in epoch {record.epochs_run}"
     return ""
 
 
 def _error_rows(run: Run) -> list[list[Cell]]:
-    return [[text_cell(run.label), text_cell(g.label), text_cell(r["config"].get("seed")),
-             text_cell(r.get("status")), text_cell(_error_text(r))]
-            for g in group_trials([run]) for r in g.records if r.get("status") != "ok"]
+    return [[text_cell(run.label), text_cell(g.label), text_cell(r.config.seed),
+             text_cell(r.status), text_cell(_error_text(r))]
+            for g in group_trials([run]) for r in g.records if not r.ok]
 
 
 def errors(runs: list[Run]) -> Section | None:

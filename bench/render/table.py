@@ -12,34 +12,28 @@ from collections.abc import Callable
 
 from bench.render.aggregate import Group
 from bench.render.cells import number, stat_cell
-from bench.spec import TrialConfig
+from bench.schema import UNITS, Record
 
 
-def _kind(kind: str) -> Callable:
-    return lambda v: number(v, kind)
-
-
-def _first_epoch(r: dict):
-    return r["epoch_s"][0] if r.get("epoch_s") else None
+def _figure(title: str, name: str) -> tuple[str, Callable[[Record], object], Callable, bool]:
+    """A column showing the record's field `name`, formatted by its unit."""
+    unit = UNITS[name]
+    return (title, lambda r: getattr(r, name), lambda v: number(v, unit), True)
 
 
 # (title, value getter, formatter, right-aligned)
-COLUMNS: list[tuple[str, Callable[[dict], object], Callable, bool]] = [
-    ("trial", lambda r: _label(r["config"]), str, False),
-    ("seed", lambda r: r["config"]["seed"], str, True),
-    ("status", lambda r: r["status"], str, False),
-    ("test acc %", lambda r: r.get("test_accuracy"), _kind("pct"), True),
-    ("compile s", lambda r: r.get("compile_s"), _kind("s"), True),
-    ("epoch 1 s", _first_epoch, _kind("s"), True),
-    ("steady epoch s", lambda r: r.get("steady_epoch_s"), _kind("s"), True),
-    ("ms/step", lambda r: r.get("step_ms"), _kind("ms"), True),
-    ("samples/s", lambda r: r.get("samples_per_s"), _kind("rate"), True),
-    ("params", lambda r: r.get("params"), _kind("count"), True),
+COLUMNS: list[tuple[str, Callable[[Record], object], Callable, bool]] = [
+    ("trial", lambda r: r.config.label(), str, False),
+    ("seed", lambda r: r.config.seed, str, True),
+    ("status", lambda r: r.status, str, False),
+    _figure("test acc %", "test_accuracy"),
+    _figure("compile s", "compile_s"),
+    _figure("epoch 1 s", "first_epoch_s"),
+    _figure("steady epoch s", "steady_epoch_s"),
+    _figure("ms/step", "step_ms"),
+    _figure("samples/s", "samples_per_s"),
+    _figure("params", "params"),
 ]
-
-
-def _label(config: dict) -> str:
-    return TrialConfig.from_dict(config).label()
 
 
 def titles() -> list[str]:
@@ -50,22 +44,22 @@ def right_aligned() -> list[bool]:
     return [c[3] for c in COLUMNS]
 
 
-def rows(records: list[dict]) -> list[list[str]]:
+def rows(records: list[Record]) -> list[list[str]]:
     """One list of formatted cells per record, in COLUMNS order."""
     return [[fmt(get(r)) for _, get, fmt, _ in COLUMNS] for r in records]
 
 
-# (title, aggregate metric name, number kind) of the per-configuration table
-GROUP_METRICS: list[tuple[str, str, str]] = [
-    ("test acc %", "test_accuracy", "pct"),
-    ("steady epoch s", "steady_epoch_s", "s"),
-    ("ms/step", "step_ms", "ms"),
-    ("compile s", "compile_s", "s"),
+# (title, aggregate metric) of the per-configuration table
+GROUP_METRICS: list[tuple[str, str]] = [
+    ("test acc %", "test_accuracy"),
+    ("steady epoch s", "steady_epoch_s"),
+    ("ms/step", "step_ms"),
+    ("compile s", "compile_s"),
 ]
 
 
 def group_titles() -> list[str]:
-    return ["configuration", "seeds", "status", *(title for title, _, _ in GROUP_METRICS)]
+    return ["configuration", "seeds", "status", *(title for title, _ in GROUP_METRICS)]
 
 
 def group_right_aligned() -> list[bool]:
@@ -75,7 +69,7 @@ def group_right_aligned() -> list[bool]:
 def group_rows(groups: list[Group]) -> list[list[str]]:
     """One list of formatted cells per configuration: mean ± sd over its ok seeds."""
     def row(g: Group) -> list[str]:
-        stats = [stat_cell(g.metric(name), kind, len(g.records)).text
-                 for _, name, kind in GROUP_METRICS]
+        stats = [stat_cell(g.metric(name), UNITS[name], len(g.records)).text
+                 for _, name in GROUP_METRICS]
         return [g.label, ",".join(str(s) for s in g.seeds()), g.status_summary(), *stats]
     return [row(g) for g in groups]

@@ -8,17 +8,18 @@ from rich.table import Table
 
 from bench.render import table
 from bench.render.aggregate import Group
+from bench.schema import Record
 
 console = Console()
 if not console.is_terminal:  # piped or logged: don't squeeze tables into 80 columns
     console = Console(width=160)
 
 
-def results_table(records: list[dict], title: str = "results") -> Table:
+def results_table(records: list[Record], title: str = "results") -> Table:
     """One row per trial, coloured by status."""
     styles = {"ok": "", "diverged": "yellow", "failed": "red"}
     return _table(title, table.titles(), table.right_aligned(), table.rows(records),
-                  [styles.get(r["status"], "") for r in records])
+                  [styles.get(r.status, "") for r in records])
 
 
 def seeds_table(groups: list[Group], title: str) -> Table:
