@@ -174,7 +174,7 @@ def timing_verdict(baseline: list[float], candidate: list[float], threshold: flo
 
 def _mann_whitney(baseline: list[float], candidate: list[float], slower: bool) -> float:
     """One-sided p-value that the candidate is slower (or, if not `slower`, faster)."""
-    from scipy.stats import mannwhitneyu  # ~1.5 s to import: only `compare` pays for it
+    from scipy.stats import mannwhitneyu  # slow to import: only a comparison pays for it
 
     p = mannwhitneyu(candidate, baseline, alternative="greater" if slower else "less").pvalue
     return 1.0 if math.isnan(p) else float(p)

@@ -71,7 +71,7 @@ class TrialMemory:
         return False
 
     def figures(self) -> dict:
-        """Bytes, JSON-able; None where this platform cannot tell (README, "Memory").
+        """Bytes, JSON-able; None where this platform cannot tell (README, "Memory figures").
 
         peak_rss_bytes: the process's peak resident memory during the trial, including
           what was resident before it (interpreter, JAX, the data set); Linux only.

@@ -8,8 +8,8 @@ each operation's mean own time per step (without the operations nested in it, su
 loop's body) with its HLO shape and operands. Operations that run on several threads are
 counted once per thread that reported them, so the column can add up to more than the
 step's wall time. XLA:CPU only (on a GPU, use the trace
-with TensorBoard or Perfetto instead). A developer's tool (it is how the README's
-"Known gaps" figures were taken), not part of `bench run`.
+with TensorBoard or Perfetto instead). A developer's tool (it is how the per-step
+figures in docs/measurements.md were taken), not part of `bench run`.
 """
 
 from __future__ import annotations
