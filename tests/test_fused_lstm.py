@@ -1,15 +1,25 @@
 """The fused CPU LSTM kernel (models/fused_lstm.py) against XLA's loop (models/recurrence.py).
 
 test_models.py checks the model, kernel included, against nnx.LSTMCell for tanh and relu;
-here every activation of bench's table is checked, and the choice between the two loops.
+here every activation of bench's table is checked, and the choice between the two loops;
+then the guards that keep the kernel from taking the process down: the build record, the
+operand checks, the smoke call and OpenBLAS's threads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import json
 import os
+import platform
+import re
 import subprocess
 import sys
+import warnings
+from collections.abc import Callable
 from functools import partial
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +27,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from bench import registry
 from bench.registry import ACTIVATIONS
 from models import fused_lstm
 from models.recurrence import recur
@@ -24,6 +35,19 @@ from models.recurrent import Recurrent, lstm_update
 from test_models import images, normal, tiny
 
 KERNEL_TARGETS = ("bench_lstm_forward", "bench_lstm_backward")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def activation(name: str) -> Callable:
+    """bench's activation called `name` (its table holds the function or its dotted path)."""
+    entry = ACTIVATIONS[name]
+    return registry.resolve(entry) if isinstance(entry, str) else entry
+
+
+def kernel_on() -> None:
+    """Skips the test where the kernel is not in use (not built, switched off, other CPU)."""
+    if fused_lstm.status() != "on":
+        pytest.skip(f"fused LSTM kernel: {fused_lstm.status()}")
 
 
 def test_kernel_is_built_and_loaded():
@@ -34,7 +58,7 @@ def test_kernel_is_built_and_loaded():
 
 
 def test_kernel_implements_every_activation_of_the_table():
-    missing = [name for name, fn in ACTIVATIONS.items() if fn not in fused_lstm.ACTIVATION_IDS]
+    missing = [name for name in ACTIVATIONS if activation(name) not in fused_lstm.ACTIVATION_IDS]
     assert not missing, f"add these to lstm_cpu.cc and ACTIVATION_IDS: {missing}"
 
 
@@ -49,8 +73,7 @@ def loss_and_grads(model: Recurrent, x: jax.Array):
 
 @pytest.mark.parametrize("name", list(ACTIVATIONS))
 def test_fused_model_matches_xla_loop(name):
-    activation = ACTIVATIONS[name]
-    model = tiny("recurrent", activation)
+    model = tiny("recurrent", activation(name))
     model.input_proj.bias[...] = normal(model.input_proj.bias.shape, 5)
     x = images() * 4.0 - 2.0  # both signs, so every activation's two sides are used
 
@@ -67,7 +90,17 @@ def test_fused_model_matches_xla_loop(name):
 
 def test_fused_loop_gradients_for_a_given_carry_and_odd_sizes():
     """Initial carry gradients, and a width (33) that is no multiple of a vector register."""
-    steps, batch, features, units = 5, 3, 7, 33
+    assert_loops_agree(steps=5, batch=3, features=7, units=33)
+
+
+@pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0)], ids=["no step", "empty batch"])
+def test_empty_sequence_or_batch_gives_what_xla_loop_gives(steps, batch):
+    """No step returns the initial carry (and zero weight gradients), as XLA's loop does."""
+    assert_loops_agree(steps=steps, batch=batch, features=7, units=5)
+
+
+def assert_loops_agree(steps: int, batch: int, features: int, units: int) -> None:
+    """The kernel's and XLA's loss and gradients for every argument, for these sizes."""
     carry = (normal((batch, units), 1), normal((batch, units), 2))
     xs, bias = normal((steps, batch, features), 3), normal((4 * units,), 4)
     kernel = normal((units + features, 4 * units), 5) * 0.3
@@ -89,7 +122,7 @@ def test_fused_loop_gradients_for_a_given_carry_and_odd_sizes():
 def test_a_nan_input_gives_that_example_nan_logits(name):
     """A diverging trial must still end with a NaN loss, so the kernel must let NaN through."""
     x = images().at[0, 3, 5].set(jnp.nan)
-    logits = tiny("recurrent", ACTIVATIONS[name])(x)
+    logits = tiny("recurrent", activation(name))(x)
     assert np.isnan(logits[0]).all()
     assert np.isfinite(logits[1:]).all()
 
@@ -118,8 +151,8 @@ def test_cpu_lstm_runs_the_kernel_and_other_platforms_xla_loop():
 @pytest.mark.parametrize("change", ["gru", "simple", "unrolled", "switched off", "other activation"])
 def test_xla_loop_runs_where_the_kernel_does_not_apply(change):
     cell = change if change in ("gru", "simple") else "lstm"
-    activation = (lambda x: x * jax.nn.sigmoid(x)) if change == "other activation" else jax.nn.relu
-    model = tiny("recurrent", activation, cell=cell)
+    act = (lambda x: x * jax.nn.sigmoid(x)) if change == "other activation" else jax.nn.relu
+    model = tiny("recurrent", act, cell=cell)
     model.unroll = True if change == "unrolled" else 1
     model.fused_kernel = change != "switched off"
     assert custom_calls(model, "cpu") == set()
@@ -131,3 +164,237 @@ def test_environment_variable_switches_the_kernel_off():
     out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True,
                          check=True, timeout=120).stdout
     assert out.strip() == f"off ({fused_lstm.DISABLE_VARIABLE}=0)"
+
+
+# ---- the guards: build record, operand checks, smoke call, OpenBLAS -------------------------
+
+def test_build_record_describes_the_installed_kernel():
+    kernel_on()
+    library = fused_lstm._library_path()
+    record = fused_lstm.build_record(library)  # raises unless it describes this very file
+    assert record["library"] == library.name
+    assert record["jaxlib"] == importlib.metadata.version("jaxlib")
+    assert "-march=native" in record["flags"]
+    if platform.machine() == "x86_64":
+        assert {"sse", "sse2"} <= set(record["target_features"])
+    assert set(record["target_features"]) <= fused_lstm.cpu_features()
+
+
+@pytest.fixture
+def reload():
+    """A function that loads the kernel afresh, under the test's patches, and returns the
+    reason it falls back, checking that it warned; the next caller loads it unpatched."""
+    def load() -> str:
+        fused_lstm._load.cache_clear()
+        with pytest.warns(RuntimeWarning, match="XLA's loop runs instead") as warned:
+            reason = fused_lstm.status()
+        assert reason in str(warned[0].message)
+        return reason
+
+    yield load
+    fused_lstm._load.cache_clear()
+
+
+def fake_build(folder: Path, record: dict | str | None = None) -> Path:
+    """A library file that no loader accepts, with a build record that passes every check
+    on this machine, changed by `record` (a string: the record's whole text; None: none)."""
+    library = folder / "_lstm_cpu.so"
+    library.write_bytes(b"not a shared library")
+    entries = {"library_sha256": hashlib.sha256(library.read_bytes()).hexdigest(),
+               "target_features": sorted(fused_lstm.cpu_features())[:3],
+               "jaxlib": importlib.metadata.version("jaxlib")}
+    if isinstance(record, dict):
+        (folder / fused_lstm.RECORD_NAME).write_text(json.dumps({**entries, **record}))
+    elif isinstance(record, str):
+        (folder / fused_lstm.RECORD_NAME).write_text(record)
+    return library
+
+
+# The reasons fall back before the library is loaded: loading it would say "cannot load".
+BUILD_RECORD_CASES = {
+    "matching record": ({}, "cannot load _lstm_cpu.so: "),
+    "cpu lacks a feature": ({"target_features": ["avx9000"]},
+                            "off: built for avx9000, which this CPU lacks; reinstall bench"),
+    "no record": (None, "off: _lstm_cpu.so has no build record _lstm_cpu.json (built by an "
+                        "older bench); reinstall bench"),
+    "unreadable record": ("{", "off: unreadable build record _lstm_cpu.json"),
+    "record of another build": ({"library_sha256": "0" * 64},
+                                "off: _lstm_cpu.json describes another build than _lstm_cpu.so"),
+    "other jaxlib": ({"jaxlib": "0.4.1"}, "off: built against jaxlib 0.4.1, running "),
+}
+
+
+@pytest.mark.skipif(fused_lstm.cpu_features() is None, reason="reads Linux's /proc/cpuinfo")
+@pytest.mark.parametrize("case", list(BUILD_RECORD_CASES))
+def test_build_record_that_does_not_match_falls_back_before_loading(case, tmp_path, monkeypatch,
+                                                                    reload):
+    record, reason = BUILD_RECORD_CASES[case]
+    library = fake_build(tmp_path, record)
+    monkeypatch.setattr(fused_lstm, "_library_path", lambda: library)
+    assert reload().startswith(reason)
+
+
+def test_cpu_that_cannot_be_read_falls_back(tmp_path, monkeypatch, reload):
+    library = fake_build(tmp_path, {"target_features": ["sse2"]})
+    monkeypatch.setattr(fused_lstm, "_library_path", lambda: library)
+    monkeypatch.setattr(fused_lstm, "cpu_features", lambda: None)
+    assert reload().startswith("off: cannot read this CPU's features to check the kernel's (sse2)")
+
+
+def test_kernel_for_another_cpu_leaves_the_model_on_xla_loop(tmp_path, monkeypatch, reload):
+    """A venv copied to an older CPU: a warning, and the model trains with XLA's loop."""
+    library = fake_build(tmp_path, {"target_features": ["avx9000"]})
+    monkeypatch.setattr(fused_lstm, "_library_path", lambda: library)
+    assert reload().startswith("off: built for avx9000")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # warned once, when loading
+        assert fused_lstm.status().startswith("off: built for avx9000")
+    model = tiny("recurrent", jax.nn.relu)
+    assert not fused_lstm.supports(jax.nn.relu)
+    assert custom_calls(model, "cpu") == set()
+    assert np.isfinite(model(images())).all()
+    with pytest.raises(RuntimeError, match="off: built for avx9000"):
+        fused_lstm.lstm(jnp.tanh, *fused_lstm._smoke_args())
+
+
+@pytest.mark.parametrize("failure", ["wrong values", "kernel error"])
+def test_failed_smoke_call_falls_back(failure, monkeypatch, reload):
+    kernel_on()
+    if failure == "wrong values":  # the kernel computes relu where XLA's loop computes tanh
+        monkeypatch.setitem(fused_lstm.ACTIVATION_IDS, jnp.tanh,
+                            fused_lstm.ACTIVATION_IDS[jax.nn.relu])
+        expected = "off: smoke test failed: the kernel's value differs from XLA's loop"
+    else:  # the forward call declares too small a residual: the kernel refuses it
+        monkeypatch.setattr(fused_lstm, "_COEFFICIENTS", 5)
+        expected = "off: smoke test failed: JaxRuntimeError: "
+    reason = reload()
+    assert reason.startswith(expected)
+    if failure == "kernel error":
+        assert "bench_lstm_forward: coefs must be (2, 2, 24), got (2, 2, 20)" in reason
+    assert not fused_lstm.supports(jnp.tanh)
+
+
+def forward_shapes(steps=2, batch=2, features=3, units=4) -> dict[str, tuple[int, ...]]:
+    """bench_lstm_forward's operands, then its results (lstm_cpu.cc's layouts)."""
+    return {"xs": (steps, batch, features), "kernel": (units + features, 4 * units),
+            "bias": (4 * units,), "h0": (batch, units), "c0": (batch, units),
+            "h_last": (batch, units), "c_last": (batch, units),
+            "hx": (steps, batch, units + features), "coefs": (steps, batch, 6 * units),
+            "cs": (steps, batch, units)}
+
+
+def backward_shapes(steps=2, batch=2, features=3, units=4) -> dict[str, tuple[int, ...]]:
+    """bench_lstm_backward's operands, then its results."""
+    return {"kernel": (units + features, 4 * units), "c0": (batch, units),
+            "coefs": (steps, batch, 6 * units), "cs": (steps, batch, units),
+            "d_h_last": (batch, units), "d_c_last": (batch, units),
+            "hx": (steps, batch, units + features), "d_z": (steps, batch, 4 * units),
+            "d_h0": (batch, units), "d_c0": (batch, units),
+            "d_kernel": (units + features, 4 * units), "d_bias": (4 * units,)}
+
+
+def call_target(target: str, changes: dict[str, tuple[int, ...]], **attributes) -> list:
+    """Calls the kernel's target directly, with the operands' and results' shapes changed."""
+    shapes, arguments = ((forward_shapes(), 5) if target == "bench_lstm_forward"
+                         else (backward_shapes(), 7))
+    shapes = list({**shapes, **changes}.values())
+    operands = [jnp.full(shape, 0.5, jnp.float32) for shape in shapes[:arguments]]
+    results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes[arguments:]]
+    call = jax.ffi.ffi_call(target, results)
+    return jax.block_until_ready(call(*operands, **attributes))
+
+
+WRONG_SHAPES = {  # target, the operand or result changed, its shape, the kernel's message
+    "xs rank": ("forward", "xs", (2, 3), "xs must be (time, batch, features), got (2, 3)"),
+    "kernel width": ("forward", "kernel", (7, 12), "kernel must be (7, 16), got (7, 12)"),
+    "bias": ("forward", "bias", (15,), "bias must be (16), got (15)"),
+    "c0 batch": ("forward", "c0", (3, 4), "c0 must be (2, 4), got (3, 4)"),
+    "h0 rank": ("forward", "h0", (2, 1, 4), "h0 must be (batch, units), got (2, 1, 4)"),
+    "result hx": ("forward", "hx", (2, 2, 6), "hx must be (2, 2, 7), got (2, 2, 6)"),
+    "result cs steps": ("forward", "cs", (1, 2, 4), "cs must be (2, 2, 4), got (1, 2, 4)"),
+    "coefs": ("backward", "coefs", (2, 2, 23), "coefs must be (2, 2, 24), got (2, 2, 23)"),
+    "cs rank": ("backward", "cs", (2, 4), "cs must be (time, batch, units), got (2, 4)"),
+    "kernel rows": ("backward", "kernel", (3, 16), "units must be positive and kernel must be"),
+    "d_h_last": ("backward", "d_h_last", (2, 5), "d_h_last must be (2, 4), got (2, 5)"),
+    "result d_kernel": ("backward", "d_kernel", (7, 12), "d_kernel must be (7, 16), got (7, 12)"),
+    "result d_bias": ("backward", "d_bias", (), "d_bias must be (16), got ()"),
+}
+
+
+@pytest.mark.parametrize("case", list(WRONG_SHAPES))
+def test_kernel_refuses_wrong_shapes_with_an_exception(case):
+    kernel_on()
+    direction, operand, shape, message = WRONG_SHAPES[case]
+    target = f"bench_lstm_{direction}"
+    attributes = {"activation": np.int64(3)} if direction == "forward" else {}
+    call_target(target, {}, **attributes)  # the same call with the right shapes runs
+    with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(f"{target}: {message}")):
+        call_target(target, {operand: shape}, **attributes)
+
+
+def test_kernel_refuses_an_unknown_activation():
+    kernel_on()
+    with pytest.raises(jax.errors.JaxRuntimeError, match="unknown activation id 12"):
+        call_target("bench_lstm_forward", {}, activation=np.int64(12))
+
+
+def test_xla_threads_follow_affinity_and_xla_flags():
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert fused_lstm.xla_cpu_threads("") == cores
+    assert fused_lstm.xla_cpu_threads("--xla_cpu_multi_thread_eigen=false") == 1
+    assert fused_lstm.xla_cpu_threads("--xla_cpu_multi_thread_eigen=true") == cores
+    assert fused_lstm.xla_cpu_threads("intra_op_parallelism_threads=1") == 1
+
+
+def test_openblas_threads_are_capped_to_xla_threads():
+    kernel_on()
+    openblas = fused_lstm._openblas()
+    assert fused_lstm.blas_threads() == openblas.scipy_openblas_get_num_threads()
+    assert 1 <= fused_lstm.blas_threads() <= fused_lstm.xla_cpu_threads()
+
+
+def run_python(code: str, *args: str, **environment: str) -> str:
+    """`code`'s standard output in a fresh interpreter (the kernel's loading is per process)."""
+    env = {**os.environ, **environment}
+    env.pop("OPENBLAS_NUM_THREADS", None)  # OpenBLAS's own default: one thread per core
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+@pytest.mark.slow
+def test_openblas_runs_one_thread_where_xla_runs_one():
+    code = ("from models import fused_lstm; "
+            "print(fused_lstm.status(), fused_lstm.blas_threads(), "
+            "fused_lstm._openblas().scipy_openblas_get_num_threads())")
+    out = run_python(code, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
+    assert out.split() == ["on", "1", "1"]
+
+
+@pytest.mark.slow
+def test_kernel_loads_in_a_fresh_interpreter_without_openblas_imported_first():
+    """The library links OpenBLAS itself: nothing has to load it beforehand."""
+    kernel_on()
+    code = """if True:
+        import ctypes, sys
+        library = ctypes.CDLL(sys.argv[1])  # every symbol bound now, or an OSError
+        assert library.scipy_cblas_sgemm  # found through the library's own dependencies
+        assert "scipy_openblas32" not in sys.modules and "jax" not in sys.modules
+        from models import fused_lstm
+        print(fused_lstm.status())
+        """
+    assert run_python(code, str(fused_lstm._library_path())).strip() == "on"
+
+
+@pytest.mark.slow
+def test_failed_compile_still_builds(tmp_path):
+    """The kernel is optional: a compiler that fails leaves no library and no record."""
+    pytest.importorskip("setuptools", minversion="77")  # what pyproject.toml's metadata needs
+    command = [sys.executable, "setup.py", "-q", "build_ext", "--build-lib", str(tmp_path / "lib"),
+               "--build-temp", str(tmp_path / "temp")]
+    env = {**os.environ, "CC": "/bin/false", "CXX": "/bin/false"}
+    done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert 'building extension "models.native._lstm_cpu" failed' in done.stderr + done.stdout
+    assert not list(tmp_path.rglob("_lstm_cpu*"))

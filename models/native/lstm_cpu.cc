@@ -10,12 +10,20 @@
 // Layouts (row-major, float32): xs (T, B, F); kernel (H + F, 4H), rows for h first, gate
 // columns i, f, g, o; bias (4H). Residuals for the backward pass: hx (T, B, H + F), the
 // step's [h_{t-1}, x_t]; coefs (T, B, 6H), see `Coef`; cs (T, B, H), the cells.
+//
+// XLA hands the handlers whatever shapes the caller declared, so each handler checks every
+// operand's shape before touching memory (an error reaches Python as an exception). A
+// zero-length sequence returns the initial carry, as XLA's loop does.
 
 #include <cblas.h>  // scipy-openblas32: its symbols carry the prefix scipy_
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
+#include <limits>
+#include <string>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
@@ -211,7 +219,7 @@ void forward(const Shape& s, const float* xs, const float* kernel, const float* 
       }
     }
   }
-  std::memcpy(c_last, cs + (s.T - 1) * B * H, B * H * sizeof(float));
+  std::memcpy(c_last, cs + (s.T - 1) * B * H, B * H * sizeof(float));  // s.T >= 1: ForwardImpl
 }
 
 // d_h, d_c: the loss gradient w.r.t. the last carry on entry, w.r.t. the first on exit.
@@ -247,8 +255,12 @@ void backward(const Shape& s, const float* kernel, const float* c0, const float*
 void kernel_gradient(const Shape& s, const float* hx, const float* d_z, float* d_kernel,
                      float* d_bias) {
   const int64_t rows = s.T * s.B, K = s.K(), G = s.G();
-  scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, G, rows, 1.0f, hx, K, d_z, G,
-                    0.0f, d_kernel, G);
+  if (rows == 0) {  // nothing to sum; not left to how a BLAS treats an empty inner dimension
+    std::memset(d_kernel, 0, K * G * sizeof(float));
+  } else {
+    scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, G, rows, 1.0f, hx, K, d_z, G,
+                      0.0f, d_kernel, G);
+  }
   std::memset(d_bias, 0, G * sizeof(float));
   for (int64_t r = 0; r < rows; ++r) {
     const float* row = d_z + r * G;
@@ -257,50 +269,151 @@ void kernel_gradient(const Shape& s, const float* hx, const float* d_z, float* d
   }
 }
 
+constexpr int64_t kActivations = 12;  // the cases of forward_with
+
 template <class... Args>
-bool forward_with(int64_t activation, Args&&... args) {
+void forward_with(int64_t activation, Args&&... args) {
   switch (activation) {  // the order of models/fused_lstm.py's ACTIVATION_IDS
-    case 0: forward<Linear>(args...); return true;
-    case 1: forward<Relu>(args...); return true;
-    case 2: forward<Sigmoid>(args...); return true;
-    case 3: forward<Tanh>(args...); return true;
-    case 4: forward<Gelu>(args...); return true;
-    case 5: forward<Silu>(args...); return true;
-    case 6: forward<EluLike<0>>(args...); return true;
-    case 7: forward<LeakyRelu>(args...); return true;
-    case 8: forward<Softplus>(args...); return true;
-    case 9: forward<EluLike<1>>(args...); return true;
-    case 10: forward<Relu6>(args...); return true;
-    case 11: forward<Mish>(args...); return true;
-    default: return false;
+    case 0: forward<Linear>(args...); return;
+    case 1: forward<Relu>(args...); return;
+    case 2: forward<Sigmoid>(args...); return;
+    case 3: forward<Tanh>(args...); return;
+    case 4: forward<Gelu>(args...); return;
+    case 5: forward<Silu>(args...); return;
+    case 6: forward<EluLike<0>>(args...); return;
+    case 7: forward<LeakyRelu>(args...); return;
+    case 8: forward<Softplus>(args...); return;
+    case 9: forward<EluLike<1>>(args...); return;
+    case 10: forward<Relu6>(args...); return;
+    case 11: forward<Mish>(args...); return;
+    default: return;  // ForwardImpl checks the id against kActivations first
   }
 }
 
 using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
+using Dims = ffi::Span<const int64_t>;
+
+// ---- operand checks -------------------------------------------------------------------
+
+template <class Ints>
+std::string shape_text(const Ints& dims) {
+  std::string text = "(";
+  for (int64_t n : dims) text += (text.size() > 1 ? ", " : "") + std::to_string(n);
+  return text + ")";
+}
+
+// An error naming `operand` unless its dimensions are `want`.
+ffi::Error expect(const char* operand, Dims got, std::initializer_list<int64_t> want) {
+  if (got.size() == want.size() && std::equal(want.begin(), want.end(), got.begin()))
+    return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(operand) + " must be " + shape_text(want) +
+                                     ", got " + shape_text(got));
+}
+
+// The first failed check, or success.
+ffi::Error first_error(std::initializer_list<ffi::Error> checks) {
+  for (const ffi::Error& check : checks)
+    if (check.failure()) return check;
+  return ffi::Error::Success();
+}
+
+// Sizes the loops and scipy-openblas32's 32-bit BLAS interface can take.
+ffi::Error check_sizes(const Shape& s) {
+  if (s.H < 1 || s.F < 0)
+    return ffi::Error::InvalidArgument("units must be positive and kernel must be (units + "
+                                       "features, 4 * units), got units " + std::to_string(s.H) +
+                                       ", features " + std::to_string(s.F));
+  constexpr int64_t kBlasMax = std::numeric_limits<int>::max();
+  if (s.B > kBlasMax || s.K() > kBlasMax || s.G() > kBlasMax || s.T * s.B > kBlasMax)
+    return ffi::Error::InvalidArgument("sizes exceed the 32-bit BLAS interface");
+  return ffi::Error::Success();
+}
+
+// `error` with the handler's name in front, so that Python's exception says which call failed.
+ffi::Error in(const char* handler, const ffi::Error& error) {
+  if (error.success()) return error;
+  return ffi::Error::InvalidArgument(std::string(handler) + ": " + error.message());
+}
+
+void copy_floats(float* to, const float* from, int64_t count) {
+  if (count > 0) std::memcpy(to, from, count * sizeof(float));  // an empty buffer may be null
+}
+
+// ---- the handlers ---------------------------------------------------------------------
+
+ffi::Error check_forward(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, F32Out h_last,
+                         F32Out c_last, F32Out hx, F32Out coefs, F32Out cs, Shape& s) {
+  Dims d = xs.dimensions(), carry = h0.dimensions();
+  if (d.size() != 3)
+    return ffi::Error::InvalidArgument("xs must be (time, batch, features), got " + shape_text(d));
+  if (carry.size() != 2)
+    return ffi::Error::InvalidArgument("h0 must be (batch, units), got " + shape_text(carry));
+  s = Shape{d[0], d[1], d[2], carry[1]};
+  const int64_t T = s.T, B = s.B, H = s.H;
+  return first_error({
+      check_sizes(s), expect("kernel", kernel.dimensions(), {s.K(), s.G()}),
+      expect("bias", bias.dimensions(), {s.G()}), expect("h0", carry, {B, H}),
+      expect("c0", c0.dimensions(), {B, H}), expect("h_last", h_last->dimensions(), {B, H}),
+      expect("c_last", c_last->dimensions(), {B, H}),
+      expect("hx", hx->dimensions(), {T, B, s.K()}),
+      expect("coefs", coefs->dimensions(), {T, B, kCoefs * H}),
+      expect("cs", cs->dimensions(), {T, B, H})});
+}
 
 ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t activation,
                        F32Out h_last, F32Out c_last, F32Out hx, F32Out coefs, F32Out cs) {
-  auto d = xs.dimensions();
-  if (d.size() != 3) return ffi::Error::InvalidArgument("xs must be (time, batch, features)");
-  Shape s{d[0], d[1], d[2], h0.dimensions()[1]};
-  if (kernel.dimensions()[0] != s.K() || kernel.dimensions()[1] != s.G())
-    return ffi::Error::InvalidArgument("kernel must be (units + features, 4 * units)");
-  if (!forward_with(activation, s, xs.typed_data(), kernel.typed_data(), bias.typed_data(),
-                    h0.typed_data(), c0.typed_data(), hx->typed_data(), coefs->typed_data(),
-                    cs->typed_data(), h_last->typed_data(), c_last->typed_data()))
-    return ffi::Error::InvalidArgument("unknown activation id");
+  Shape s{};
+  if (auto error = check_forward(xs, kernel, bias, h0, c0, h_last, c_last, hx, coefs, cs, s);
+      error.failure())
+    return in("bench_lstm_forward", error);
+  if (activation < 0 || activation >= kActivations)
+    return ffi::Error::InvalidArgument("bench_lstm_forward: unknown activation id " +
+                                       std::to_string(activation));
+  if (s.T == 0 || s.B == 0) {  // no step: the carry passes through, residuals are empty
+    copy_floats(h_last->typed_data(), h0.typed_data(), s.B * s.H);
+    copy_floats(c_last->typed_data(), c0.typed_data(), s.B * s.H);
+    return ffi::Error::Success();
+  }
+  forward_with(activation, s, xs.typed_data(), kernel.typed_data(), bias.typed_data(),
+               h0.typed_data(), c0.typed_data(), hx->typed_data(), coefs->typed_data(),
+               cs->typed_data(), h_last->typed_data(), c_last->typed_data());
   return ffi::Error::Success();
+}
+
+ffi::Error check_backward(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
+                          F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
+                          F32Out d_bias, Shape& s) {
+  Dims k = kernel.dimensions(), d = cs.dimensions();
+  if (k.size() != 2)
+    return ffi::Error::InvalidArgument("kernel must be (units + features, 4 * units), got " +
+                                       shape_text(k));
+  if (d.size() != 3)
+    return ffi::Error::InvalidArgument("cs must be (time, batch, units), got " + shape_text(d));
+  s = Shape{d[0], d[1], k[0] - d[2], d[2]};
+  const int64_t T = s.T, B = s.B, H = s.H;
+  return first_error({
+      check_sizes(s), expect("kernel", k, {s.K(), s.G()}), expect("c0", c0.dimensions(), {B, H}),
+      expect("coefs", coefs.dimensions(), {T, B, kCoefs * H}),
+      expect("d_h_last", d_h_last.dimensions(), {B, H}),
+      expect("d_c_last", d_c_last.dimensions(), {B, H}),
+      expect("hx", hx.dimensions(), {T, B, s.K()}),
+      expect("d_z", d_z->dimensions(), {T, B, s.G()}),
+      expect("d_h0", d_h0->dimensions(), {B, H}), expect("d_c0", d_c0->dimensions(), {B, H}),
+      expect("d_kernel", d_kernel->dimensions(), {s.K(), s.G()}),
+      expect("d_bias", d_bias->dimensions(), {s.G()})});
 }
 
 ffi::Error BackwardImpl(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
                         F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
                         F32Out d_bias) {
-  auto d = cs.dimensions();
-  Shape s{d[0], d[1], kernel.dimensions()[0] - d[2], d[2]};
-  const size_t carry_bytes = s.B * s.H * sizeof(float);
-  std::memcpy(d_h0->typed_data(), d_h_last.typed_data(), carry_bytes);
-  std::memcpy(d_c0->typed_data(), d_c_last.typed_data(), carry_bytes);
+  Shape s{};
+  if (auto error = check_backward(kernel, c0, coefs, cs, d_h_last, d_c_last, hx, d_z, d_h0, d_c0,
+                                  d_kernel, d_bias, s);
+      error.failure())
+    return in("bench_lstm_backward", error);
+  copy_floats(d_h0->typed_data(), d_h_last.typed_data(), s.B * s.H);
+  copy_floats(d_c0->typed_data(), d_c_last.typed_data(), s.B * s.H);
   backward(s, kernel.typed_data(), c0.typed_data(), coefs.typed_data(), cs.typed_data(),
            d_h0->typed_data(), d_c0->typed_data(), d_z->typed_data());
   kernel_gradient(s, hx.typed_data(), d_z->typed_data(), d_kernel->typed_data(),
