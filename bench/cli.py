@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import data as data_sources
 from bench.compare import METRICS, Thresholds, parse_threshold, run_compare
+from bench.groups import AUTO, parse_population
 from bench.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
 
 
@@ -101,6 +102,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--data", help="auto (default), embedded, tfds, or a folder of IDX files / an .npz")
     where.add_argument("--dataset", help=f"mnist (default); with --data tfds: {', '.join(data_sources.TFDS_DATASETS)}")
     where.add_argument("--data-dir", default=None, help="TFDS data directory")
+    where.add_argument("--population", metavar="auto|off|N",
+                       help="train trials that differ only in seed, learning rate, L1, L2 and "
+                            "dropout rate together, vmapped: auto (default) as many as fit, "
+                            "off one at a time, N at most N together")
+    where.add_argument("--devices", type=_positive, metavar="N",
+                       help="devices of the platform a population is sharded over (default all)")
     where.add_argument("--out", type=Path, default=None,
                        help="run directory (default reports/<run-id>/); an existing one is resumed")
     timing = p.add_argument_group("timing protocol (see README)")
@@ -226,7 +233,15 @@ def options_from_args(args: argparse.Namespace, run: dict):
     return RunOptions(device=settings["device"], data=settings["data"], dataset=settings["dataset"],
                       data_dir=settings["data_dir"] or None, out=args.resume or args.out,
                       resume_only=args.resume is not None, retry_failed=args.retry_failed,
+                      population=parse_population(_asked(args, run, "population") or AUTO),
+                      devices=_device_count(_asked(args, run, "devices")),
                       protocol=protocol, recalibrate=args.recalibrate)
+
+
+def _device_count(value) -> int | None:
+    if value is None or (isinstance(value, int) and not isinstance(value, bool) and value >= 1):
+        return value
+    raise SpecError(f"devices: {value!r} is not a positive integer")
 
 
 def _asked(args: argparse.Namespace, run: dict, name: str):

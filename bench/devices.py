@@ -1,4 +1,5 @@
-"""--device resolution and the facts about the device a run used."""
+"""--device resolution, the facts about the devices a run used, and the mesh a population
+is sharded over."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import os
 import platform
 
 import jax
+import numpy as np
 
 from bench.schema import PLATFORMS
 
@@ -63,3 +65,41 @@ def device_facts(device: jax.Device) -> dict:
         "host_cpu_count": os.cpu_count(),
         "usable_cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
     }
+
+
+# ---------------------------------------------------------------- populations over devices
+
+MEMBERS = "members"  # the one axis of a population's device mesh
+
+
+def population_mesh(devices: list[jax.Device], size: int):
+    """A one-axis mesh over which `size` members are split, or None for a single device."""
+    count = min(len(devices), size)
+    if count <= 1:
+        return None
+    return jax.sharding.Mesh(np.array(devices[:count]), (MEMBERS,))
+
+
+def padded_size(size: int, mesh) -> int:
+    """`size` rounded up to a multiple of the mesh's devices (padding members fill it)."""
+    return size if mesh is None else -(-size // mesh.size) * mesh.size
+
+
+def shard_members(tree, mesh):
+    """`tree`'s arrays split along their first (member) axis over the mesh's devices."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec(MEMBERS)))
+
+
+def replicate(tree, mesh):
+    """`tree`'s arrays copied whole to every device of the mesh (the shared data set)."""
+    if mesh is None:
+        return tree
+    return jax.device_put(tree, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+
+
+def platform_devices(device: jax.Device, count: int | None = None) -> list[jax.Device]:
+    """The devices of `device`'s platform, `device` first, at most `count` of them."""
+    same = [d for d in jax.devices(device.platform) if d != device]
+    return [device, *same][: count or None]

@@ -14,11 +14,14 @@ from pathlib import Path
 from bench import data as data_sources
 from bench import results
 from bench.calibrate import calibration
-from bench.devices import device_facts, resolve_device
+from bench.devices import device_facts, platform_devices, resolve_device
 from bench.executors import SerialExecutor
+from bench.groups import Unit, plan_units
+from bench.population import run_population
 from bench.render import terminal
 from bench.render.aggregate import group_trials, ranked
 from bench.render.cells import data_line, device_line
+from bench.render.populations import populations_table
 from bench.render.report import render_run
 from bench.render.runs import load_run, read_records, read_run_header
 from bench.schema import (SCHEMA_VERSION, Record, SpecError, TimingProtocol, TrialConfig,
@@ -37,6 +40,8 @@ class RunOptions:
     out: Path | None = None
     resume_only: bool = False  # --resume: `out` must hold a run to continue
     retry_failed: bool = False
+    population: str | int = "auto"  # bench.groups: auto, off, or a cap on the size
+    devices: int | None = None  # devices a population is sharded over (None: all)
     protocol: TimingProtocol = TimingProtocol()
     recalibrate: bool = False
 
@@ -65,19 +70,39 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     if sweep is None:
         sweep = _planned_sweep(previous)
     device = resolve_device(options.device)
+    device_list = platform_devices(device, options.devices)
     dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
     peak = calibration(device, use_cache=not options.recalibrate)
     header = _header(previous, sweep, run_dir, device, dataset, peak, options, argv)
+    header["devices"] = [str(d) for d in device_list]
+    header["population"] = options.population
     results.write_header(run_dir, header)
     done = read_records(run_dir)
     failed = {r.key for r in done if r.status == "failed"}
     finished = {r.key for r in done} - (failed if options.retry_failed else set())
     todo = [t for t in sweep.trials if t.key not in finished]
-    _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed))
-    interrupted = _run_all(todo, lambda config, on_epoch: _with_reference(run_trial(
-        config, dataset, device, options.protocol, peak_flops=peak["peak_flops"],
-        on_epoch=on_epoch), sweep.references), run_dir)
+    units = plan_units(todo, options.population, POPULATION_CAP.get(device.platform, 64))
+    _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed),
+              units=units)
+
+    def run_unit(unit: Unit, on_epoch) -> list[Record]:
+        if unit.alone:
+            record = run_trial(unit.members[0], dataset, device, options.protocol,
+                               peak_flops=peak["peak_flops"], on_epoch=on_epoch)
+            record.population = {"group": unit.group, "size": 1, "index": 0}
+            records = [record]
+        else:
+            records = run_population(unit, dataset, device_list, options.protocol,
+                                     peak_flops=peak["peak_flops"], on_epoch=on_epoch)
+        return [_with_reference(r, sweep.references) for r in records]
+
+    interrupted = _run_all(units, run_unit, run_dir)
     return _finish(run_dir, header, len(sweep.trials), interrupted)
+
+
+# The largest population `--population auto` makes: on CPU the members' steps run one core
+# set's worth at a time, so beyond this compile savings no longer grow; accelerators take more.
+POPULATION_CAP = {"cpu": 64, "gpu": 1024, "tpu": 1024}
 
 
 def _previous_header(run_dir: Path) -> dict | None:
@@ -104,6 +129,7 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
                                      data=dataset.describe(), argv=[command],
                                      extra={"name": sweep.name, "calibration": peak,
                                             "fused_lstm_cpu": fused_lstm.status(),
+                                            "openblas_threads": fused_lstm.blas_threads(),
                                             "protocol": dataclasses.asdict(options.protocol),
                                             "options": _recordable(options)})
         header["plan"], header["references"] = [], {}
@@ -141,7 +167,8 @@ def _with_reference(record: Record, references: dict) -> Record:
     return record
 
 
-def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int) -> None:
+def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int,
+              units: list[Unit]) -> None:
     console = terminal.console
     done = len(sweep.trials) - len(todo)
     kept = (f" ({kept_failed} of them failed and are kept; --retry-failed runs them again)"
@@ -156,6 +183,18 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
     if header["device"]["platform"] == "cpu" and any(_is_lstm(t) for t in sweep.trials):
         console.print(f"LSTM time loop: fused CPU kernel {fused_lstm.status()}")
+    console.print(f"populations ({header['population']}): {_units_line(units)}")
+
+
+def _units_line(units: list[Unit]) -> str:
+    """E.g. '64 trials as 1 population of 64 on 1 device' or 'every trial alone'."""
+    together = [u.size for u in units if not u.alone]
+    alone = sum(u.size for u in units if u.alone)
+    if not together:
+        return f"{alone} trials, each alone"
+    sizes = ", ".join(map(str, together))
+    return (f"{sum(together)} trials in {len(together)} populations ({sizes})"
+            + (f", {alone} alone" if alone else ""))
 
 
 def _is_lstm(trial: TrialConfig) -> bool:
@@ -175,6 +214,10 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
         ranked_ids = {id(g) for g in top}
         groups = top + [g for g in groups if id(g) not in ranked_ids]
         console.print(terminal.seeds_table(groups, title="by configuration: mean ± sd over seeds"))
+    together = populations_table([run])
+    if together is not None:
+        console.print(terminal.document_table(
+            together, "populations: figures shared by their members (see report)"))
     reports = render_run([run_dir])
     console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
                   + ", ".join(str(path) for path in reports))
@@ -185,23 +228,31 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     return 0
 
 
-def _run_all(configs, run_one_trial, run_dir: Path) -> bool:
-    """Runs and stores each trial; returns True if interrupted by Ctrl-C."""
+def _run_all(units: list[Unit], run_unit, run_dir: Path) -> bool:
+    """Runs each unit and stores its records as it ends; returns True if interrupted by Ctrl-C."""
     with terminal.sweep_progress() as progress:
-        sweep = progress.add_task("trials", total=len(configs))
+        sweep = progress.add_task("trials", total=sum(u.size for u in units))
         epochs = progress.add_task("epochs", total=None)
 
-        def run_one(config):
-            progress.update(sweep, description=f"[bold]{config.label()}")
-            progress.reset(epochs, total=config.epochs, description="  epochs")
+        def run_one(unit: Unit):
+            progress.update(sweep, description=f"[bold]{_unit_label(unit)}")
+            progress.reset(epochs, total=unit.members[0].epochs, description="  epochs")
+            best = "best test acc" if unit.size > 1 else "test acc"
             on_epoch = lambda h: progress.update(  # noqa: E731
-                epochs, advance=1, description=f"  epoch {h['epoch']}: test acc {100 * h['test_accuracy']:.2f}%")
-            return run_one_trial(config, on_epoch)
+                epochs, advance=1,
+                description=f"  epoch {h['epoch']}: {best} {100 * h['test_accuracy']:.2f}%")
+            return run_unit(unit, on_epoch)
 
         try:
-            for record in SerialExecutor().map(run_one, configs):
-                results.append_result(run_dir, record.to_json())
-                progress.advance(sweep)
+            for records in SerialExecutor().map(run_one, units):
+                for record in records:
+                    results.append_result(run_dir, record.to_json())
+                progress.advance(sweep, len(records))
         except KeyboardInterrupt:
             return True
     return False
+
+
+def _unit_label(unit: Unit) -> str:
+    label = unit.members[0].label()
+    return label if unit.size == 1 else f"population of {unit.size}: {label} ..."

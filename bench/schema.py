@@ -52,7 +52,9 @@ class Axis:
     width, an optimizer's own learning rate). An axis with `families` applies
     to those model families only and is None in the others' configs.
     `model_option` axes reach the model's constructor as keyword arguments; the
-    others are used by the training program. `label` formats the value in a
+    others are used by the training program. `per_member` axes are the values that
+    members of one population may differ in: inputs of its compiled program, never
+    constants baked into it (bench/groups.py, bench/steps.py). `label` formats the value in a
     trial's label ('{}' is the value), shown always if `label_always`, else only
     when it differs from the default. `keyed_at_default` False keeps an axis
     added later out of the trial key while it has its default value, so that
@@ -70,6 +72,7 @@ class Axis:
     high: float | None = None  # exclusive
     families: tuple[str, ...] | None = None
     model_option: bool = False
+    per_member: bool = False
     resolve: Callable[[dict], object] | None = None
     label: str | None = None
     label_always: bool = False
@@ -160,17 +163,17 @@ AXES: tuple[Axis, ...] = (
          sweep_key="optimizers", choices=lambda: registry.OPTIMIZERS, label=" {}",
          label_always=True),
     Axis("learning_rate", float, (None,), "default: each optimizer's own (see `bench list`)",
-         low=0, resolve=_default_lr, label=" lr={:g}", label_always=True),
+         low=0, resolve=_default_lr, per_member=True, label=" lr={:g}", label_always=True),
     Axis("batch_size", int, (128,), "training batch size", low=0, label=" bs={}"),
     Axis("epochs", int, (3,), "training epochs", low=0, label=" epochs={}"),
     Axis("dropout", float, (0.0,), "dropout rate after hidden layers", low=0, low_inclusive=True,
-         high=1, model_option=True, label=" dropout={:g}"),
+         high=1, model_option=True, per_member=True, label=" dropout={:g}"),
     Axis("l1", float, (0.0,), "L1 weight penalty on kernels", low=0, low_inclusive=True,
-         label=" l1={:g}"),
+         per_member=True, label=" l1={:g}"),
     Axis("l2", float, (0.0,), "L2 weight penalty on kernels", low=0, low_inclusive=True,
-         label=" l2={:g}"),
+         per_member=True, label=" l2={:g}"),
     Axis("seed", int, (0,), "random seeds; several seeds are aggregated (mean ± sd)",
-         sweep_key="seeds", low=0, low_inclusive=True),
+         sweep_key="seeds", low=0, low_inclusive=True, per_member=True),
 )
 
 AXIS_BY_KEY: dict[str, Axis] = {axis.key: axis for axis in AXES}
@@ -207,11 +210,14 @@ class _TrialConfigMethods:
                   if a.keyed_at_default or getattr(self, a.name) != _plain_default(a)}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
-    def label(self) -> str:
-        """A short human-readable name, e.g. 'dense-512 relu adam lr=0.001'."""
+    def label(self, without: tuple[str, ...] = ()) -> str:
+        """A short human-readable name, e.g. 'dense-512 relu adam lr=0.001' (the axes named
+        in `without` left out)."""
         parts = []
         for a in AXES:
             value = getattr(self, a.name)
+            if a.name in without:
+                continue
             if a.label and value is not None and (a.label_always or value != _plain_default(a)):
                 parts.append(a.label.format(value))
         return "".join(parts)
@@ -318,6 +324,13 @@ class Record:
     compilation (never inside an epoch time); `epoch_s` each epoch's
     synchronised wall time; `rounds_s` the timed rounds of `round_steps` steps,
     from whose median come `step_ms` and `samples_per_s`.
+
+    `population` says how the trial was trained: its group, the population's size
+    and the member's index. A member of a population larger than one has no
+    training clock of its own: the figures it shares with the other members
+    (compile times, epoch times, throughput, time to accuracy on that clock) are
+    under `population`, and its own fields hold only what is its own (accuracy,
+    history, and the timed rounds it ran alone).
     """
 
     config: TrialConfig
@@ -350,6 +363,7 @@ class Record:
     time_to_accuracy: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     reference: dict | None = None
+    population: dict | None = None
     error: str | None = None
     traceback: str | None = None
 
@@ -373,8 +387,11 @@ class Record:
         return len(self.history)
 
     def time_to(self, target: str) -> float | None:
-        """Training seconds until test accuracy first reached `target` ('0.97'); None if never."""
-        return (self.time_to_accuracy.get(target) or {}).get("train_s")
+        """Training seconds until test accuracy first reached `target` ('0.97'); None if never.
+
+        A member of a population has no clock of its own: its population's is used."""
+        clock = self.time_to_accuracy or (self.population or {}).get("time_to_accuracy") or {}
+        return (clock.get(target) or {}).get("train_s")
 
     def step_times(self, scale: float = 1.0) -> list[float]:
         """Seconds per training step of each timed round, times `scale`."""

@@ -97,7 +97,7 @@ def _measure(config, dataset, device, protocol, result: Record, on_epoch) -> Non
     state = _train_epochs(config, epoch, evaluate, state, (x, y, x_test, y_test), key, result,
                           on_epoch)
     if result.status == "ok":
-        _time_rounds(train_round, state, x, y, key, protocol, result)
+        time_alone(train_round, state, x, y, key, protocol, result)
 
 
 def _program(model, config: TrialConfig, tx, protocol: TimingProtocol):
@@ -135,7 +135,7 @@ def _train_epochs(config, epoch, evaluate, state, arrays, key, result, on_epoch)
     return state
 
 
-def _time_rounds(train_round, state, x, y, key, protocol, result: Record) -> None:
+def time_alone(train_round, state, x, y, key, protocol, result: Record) -> None:
     """Burn-in, then `repeats` synchronised rounds on the trained state (after evaluation)."""
     box = [state]
     round_key = jax.random.fold_in(key, 1_000_003)
@@ -155,17 +155,29 @@ def _summarise(result: Record, config: TrialConfig, protocol: TimingProtocol,
     """Derived figures: steady epoch time, round statistics, FLOP/s, time to accuracy."""
     if result.epoch_s:
         result.first_epoch_s = result.epoch_s[0]
-        result.steady_epoch_s = round(statistics.median(result.epoch_s[1:] or result.epoch_s), 4)
-    result.round_steps = min(protocol.round_steps, result.steps_per_epoch)
-    if result.rounds_s:
-        result.round_stats = {k: (round(v, 6) if isinstance(v, float) else v)
-                              for k, v in summarize(result.rounds_s).items()}
-        step_s = result.round_stats["median"] / result.round_steps
-        result.step_ms = round(1000 * step_s, 4)
-        result.samples_per_s = round(config.batch_size / step_s, 1)
-        if result.flops_per_step:
-            result.achieved_flops = round(result.flops_per_step / step_s, 1)
-            if peak_flops:
-                result.peak_fraction = round(result.achieved_flops / peak_flops, 4)
+        result.steady_epoch_s = steady(result.epoch_s)
+    round_figures(result, config, protocol, peak_flops)
     result.time_to_accuracy = time_to_accuracy(result.history, protocol.targets,
                                                result.compile_s or 0.0)
+
+
+def steady(epoch_s: list[float]) -> float:
+    """The steady epoch time: the median of the epochs after the first (the first alone)."""
+    return round(statistics.median(epoch_s[1:] or epoch_s), 4)
+
+
+def round_figures(result: Record, config: TrialConfig, protocol: TimingProtocol,
+                  peak_flops: float | None) -> None:
+    """Round statistics, step time, samples/s, FLOP/s and % of peak from the timed rounds."""
+    result.round_steps = min(protocol.round_steps, result.steps_per_epoch)
+    if not result.rounds_s:
+        return
+    result.round_stats = {k: (round(v, 6) if isinstance(v, float) else v)
+                          for k, v in summarize(result.rounds_s).items()}
+    step_s = result.round_stats["median"] / result.round_steps
+    result.step_ms = round(1000 * step_s, 4)
+    result.samples_per_s = round(config.batch_size / step_s, 1)
+    if result.flops_per_step:
+        result.achieved_flops = round(result.flops_per_step / step_s, 1)
+        if peak_flops:
+            result.peak_fraction = round(result.achieved_flops / peak_flops, 4)

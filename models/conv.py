@@ -27,10 +27,13 @@ class Conv(nnx.Module):
         self.activation = activation
         self.dropout = dropout
 
-    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None,
+                 dropout_rate: jax.Array | None = None) -> jax.Array:
+        """Logits. `dropout_rate` (a population member's) replaces the built-in rate."""
+        rate = self.dropout if dropout_rate is None else dropout_rate
         act = self.activation
         x = avg_pool_2x2(act(self.conv1(x[..., None])))
         x = avg_pool_2x2(act(self.conv2(x)))
         x = act(self.dense(x.reshape(x.shape[0], -1)))
         (key,) = split_keys(dropout_key, 1)
-        return self.out(apply_dropout(x, self.dropout, key))
+        return self.out(apply_dropout(x, rate, key))

@@ -24,10 +24,13 @@ class Dense(nnx.Module):
         self.activation = activation
         self.dropout = dropout
 
-    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None,
+                 dropout_rate: jax.Array | None = None) -> jax.Array:
+        """Logits. `dropout_rate` (a population member's) replaces the built-in rate."""
+        rate = self.dropout if dropout_rate is None else dropout_rate
         x = x.reshape(x.shape[0], -1)
         keys = split_keys(dropout_key, len(self.hidden))
         for layer, key in zip(self.hidden, keys):
-            x = apply_dropout(self.activation(layer(x)), self.dropout, key)
+            x = apply_dropout(self.activation(layer(x)), rate, key)
         return self.out(x)
 

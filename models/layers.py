@@ -67,9 +67,11 @@ def avg_pool_2x2(x: jax.Array) -> jax.Array:
     return x.reshape(b, h // 2, 2, w // 2, 2, c).mean(axis=(2, 4))
 
 
-def dropout(x: jax.Array, rate: float, key: jax.Array | None) -> jax.Array:
-    """Inverted dropout; the identity when `key` is None (evaluation) or rate is 0."""
-    if key is None or rate == 0.0:
+def dropout(x: jax.Array, rate: float | jax.Array, key: jax.Array | None) -> jax.Array:
+    """Inverted dropout; the identity when `key` is None (evaluation) or a Python rate is 0.
+
+    `rate` may be a traced array (a population member's rate), never 0 there."""
+    if key is None or (isinstance(rate, (int, float)) and rate == 0.0):
         return x
     keep = jax.random.bernoulli(key, 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), 0.0)

@@ -98,7 +98,10 @@ class Recurrent(nnx.Module):
         self.unroll: int | bool = 1
         self.fused_kernel = True  # False: always XLA's loop (tests compare the two)
 
-    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None,
+                 dropout_rate: jax.Array | None = None) -> jax.Array:
+        """Logits. `dropout_rate` (a population member's) replaces the built-in rate."""
+        rate = self.dropout if dropout_rate is None else dropout_rate
         kind = CELLS[self.cell]
         kernel, bias = kind.step_kernel(self.input_proj.kernel[...], self.input_proj.bias[...],
                                         self.recurrent_kernel[...])
@@ -111,7 +114,7 @@ class Recurrent(nnx.Module):
         else:
             carry = xla_loop(*args)
         (key,) = split_keys(dropout_key, 1)
-        return self.head(apply_dropout(carry[-1], self.dropout, key))
+        return self.head(apply_dropout(carry[-1], rate, key))
 
     def _fused(self, x: jax.Array) -> bool:
         """Whether the CPU kernel can run this loop (cost analysis unrolls it instead)."""

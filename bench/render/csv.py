@@ -16,6 +16,9 @@ RUN_COLUMNS = ["run", "run_id", "platform", "device_kind", "data_name", "data_so
 DERIVED = {"train_s": lambda r: r.train_s, "epochs_run": lambda r: r.epochs_run}
 METRIC_COLUMNS = ["key", *SCALAR_FIELDS, *DERIVED]
 TTA_FIELDS = ("epoch", "train_s", "with_compile_s")
+# The population a trial trained in, and the figures its members share (README, "Populations").
+POPULATION_COLUMNS = ("group", "size", "index", "devices", "compile_s", "first_epoch_s",
+                      "steady_epoch_s", "member_samples_per_s", "speedup", "retry")
 TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy", "reference_source", "error"]
 # A text cell starting with one of these is a formula to a spreadsheet (an error message
 # such as "=..." or "@..." would run); a leading apostrophe makes it text (OWASP's advice).
@@ -41,11 +44,11 @@ def _run_fields(run: Run) -> dict:
             "data_test_examples": data.get("test_examples")}
 
 
-def _tta(record: Record, keys: list[str]) -> dict:
+def _tta(clock: dict, keys: list[str], prefix: str = "") -> dict:
     out = {}
     for t in keys:
-        hit = record.time_to_accuracy.get(t) or {}
-        out |= {f"to_{t}_{k}": hit.get(k) for k in TTA_FIELDS}
+        hit = clock.get(t) or {}
+        out |= {f"{prefix}to_{t}_{k}": hit.get(k) for k in TTA_FIELDS}
     return out
 
 
@@ -57,7 +60,11 @@ def flat_row(run: Run, record: Record, keys: list[str]) -> dict:
     row |= {name: get(record) for name, get in DERIVED.items()}
     row |= _flat("round", record.round_stats or {})
     row |= _flat("memory", record.memory)
-    row |= _tta(record, keys)
+    row |= _tta(record.time_to_accuracy, keys)
+    population = record.population or {}
+    row |= {f"population_{k}": v for k, v in population.items() if k in POPULATION_COLUMNS}
+    if "time_to_accuracy" in population:  # on the population's clock, shared by its members
+        row |= _tta(population["time_to_accuracy"], keys, prefix="population_")
     row |= {"reference_name": ref.get("name"), "reference_source": ref.get("source"),
             "reference_published_test_accuracy": ref.get("published_test_accuracy"),
             "error": record.error}
@@ -80,8 +87,11 @@ def render_csv(runs: list[Run]) -> str:
     rows = [flat_row(run, r, keys) for run in runs for r in sorted(run.records, key=order)]
     extra = sorted({c for row in rows for c in row if c.startswith(("round_", "memory_"))}
                    - set(METRIC_COLUMNS))
+    shared = [*(f"population_{k}" for k in POPULATION_COLUMNS),
+              *(f"population_to_{t}_{k}" for t in keys for k in TTA_FIELDS)]
+    population = [c for c in shared if any(c in row for row in rows)]
     columns = [*RUN_COLUMNS, *FIELD_ORDER, *METRIC_COLUMNS, *extra,
-               *(f"to_{t}_{k}" for t in keys for k in TTA_FIELDS), *TAIL_COLUMNS]
+               *(f"to_{t}_{k}" for t in keys for k in TTA_FIELDS), *population, *TAIL_COLUMNS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()

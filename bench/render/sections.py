@@ -12,6 +12,7 @@ from bench.render.aggregate import (Group, families, group_trials, pareto_front,
                                     status_summary, targets, time_to)
 from bench.render.cells import Cell, number_cell, stat_cell, text_cell
 from bench.render.document import Block, Facts, Para, Report, Section, Table, table
+from bench.render.populations import populations_section, trained_together
 from bench.render.runs import Run, data_identity
 from bench.schema import UNITS, Record
 
@@ -24,8 +25,8 @@ def build_report(runs: list[Run], groups: list[Group] | None = None) -> Report:
     """The whole report of one or more runs (`groups`: their group_trials, if at hand)."""
     groups = group_trials(runs) if groups is None else groups
     parts = [summary(runs, groups), leaderboard(runs, groups), pivots(runs, groups),
-             pareto(runs, groups), all_configurations(runs, groups), published(runs, groups),
-             errors(runs), environment(runs)]
+             pareto(runs, groups), all_configurations(runs, groups), populations_section(runs),
+             published(runs, groups), errors(runs), environment(runs)]
     return Report(report_title(runs), tuple(s for s in parts if s is not None))
 
 
@@ -290,10 +291,14 @@ def all_configurations(runs: list[Run], groups: list[Group]) -> Section | None:
                        _metric("GFLOP/s", "achieved_flops"),
                        _metric("% of peak", "peak_fraction"), ("busy", False, _busy),
                        ("params", True, _params), *_target_columns(runs))
+    together = any(trained_together(r) for run in runs for r in run.records)
     caption = (accuracy_caption(runs) + " \"to X% s\": training seconds until the test accuracy "
-               f"first reached X% (compilation excluded; {cells.NEVER} never reached). % of peak: "
-               "achieved FLOP/s over the device's calibrated fp32 matmul peak. busy: other "
-               "processes used the CPU while the trial was timed.")
+               f"first reached X% (compilation excluded; {cells.NEVER} never reached"
+               + ("; trials trained in a population count on their population's clock, and "
+                  "their compile and epoch times are the population's (see Populations)"
+                  if together else "")
+               + "). % of peak: achieved FLOP/s over the device's calibrated fp32 matmul peak. "
+               "busy: other processes used the CPU while the trial was timed.")
     return Section("trials", "All configurations", (_rows_table("", columns, groups, caption),))
 
 
@@ -376,6 +381,7 @@ def _environment_rows(header: dict) -> dict[str, str]:
     items |= {f"protocol {k.replace('_', ' ')}": ", ".join(map(str, v)) if isinstance(v, list) else v
               for k, v in (header.get("protocol") or {}).items()}
     items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
+    items["OpenBLAS threads (LSTM kernel)"] = header.get("openblas_threads")
     items["data provenance"] = (header.get("data") or {}).get("provenance")
     return {k: "" if v is None else str(v) for k, v in items.items()}
 

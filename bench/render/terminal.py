@@ -8,6 +8,7 @@ from rich.table import Table
 
 from bench.render import table
 from bench.render.aggregate import Group
+from bench.render.document import Table as DocumentTable
 from bench.schema import Record
 
 console = Console()
@@ -43,3 +44,9 @@ def sweep_progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
                     console=console, transient=False)
+
+
+def document_table(source: DocumentTable, title: str) -> Table:
+    """A report table (bench.render.document) as a rich table, its caption left out."""
+    return _table(title, list(source.columns), list(source.right),
+                  [[cell.text for cell in row] for row in source.rows])

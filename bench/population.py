@@ -1,0 +1,272 @@
+"""run_unit: train a work unit (one trial alone, or a population) into records.
+
+A population is trials of one group (bench/groups.py) trained together: one
+compiled program whose members sit on a vmapped axis, their per-member values
+(learning rate, penalties, dropout rate, data order and initial parameters from
+their seeds) as inputs, the data set resident once and shared. Each member ends
+as its own record with the key it has when trained alone.
+
+Honest figures: what the members share (compile times, epoch wall times,
+member-samples per second, time to accuracy on that clock) is recorded under
+the record's `population`, never as the member's own. Each member's own step
+time comes from timed rounds it runs alone, after training, with a one-member
+program compiled once for the group.
+
+A member whose loss becomes NaN/inf is recorded `diverged` at that epoch and
+frozen while the others train on. A population that fails as a whole (out of
+memory, say) is retried as two halves before any member is recorded `failed`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from bench import costs, devices, registry
+from bench.data import Dataset
+from bench.groups import Unit, split_evenly
+from bench.schema import Record, TimingProtocol, TrialConfig
+from bench.steps import Hyper, build_member_program, injected, population_program
+from bench.timing import CacheHits, compile_ahead, time_to_accuracy, timed_call
+from bench.trial import (build_model, place_dataset, round_figures, run_trial, steady,
+                         time_alone)
+
+OnEpoch = Callable[[dict], None]
+
+
+def run_unit(unit: Unit, dataset: Dataset, device_list: list[jax.Device],
+             protocol: TimingProtocol = TimingProtocol(), *, peak_flops: float | None = None,
+             on_epoch: OnEpoch | None = None) -> list[Record]:
+    """The records of `unit`'s trials; failures come back as records, never raised."""
+    if unit.alone:
+        record = run_trial(unit.members[0], dataset, device_list[0], protocol,
+                           peak_flops=peak_flops, on_epoch=on_epoch)
+        record.population = {"group": unit.group, "size": 1, "index": 0}
+        return [record]
+    return run_population(unit, dataset, device_list, protocol, peak_flops=peak_flops,
+                          on_epoch=on_epoch)
+
+
+def run_population(unit: Unit, dataset: Dataset, device_list: list[jax.Device],
+                   protocol: TimingProtocol, *, peak_flops: float | None = None,
+                   on_epoch: OnEpoch | None = None) -> list[Record]:
+    """Trains `unit`'s members together; a failure of the whole retries two halves."""
+    try:
+        return _Population(unit, dataset, device_list, protocol, peak_flops,
+                           on_epoch or (lambda _: None)).run()
+    except Exception as exc:  # noqa: BLE001 - the members are retried, then recorded
+        halves = split_evenly(list(unit.members), math.ceil(unit.size / 2))
+        note = f"population of {unit.size} failed ({type(exc).__name__}: {exc}); retried as " \
+               f"{' and '.join(str(len(h)) for h in halves)}"
+        out = []
+        for half in halves:
+            part = Unit(unit.group, tuple(half), alone=len(half) == 1)
+            for record in run_unit(part, dataset, device_list, protocol, peak_flops=peak_flops,
+                                   on_epoch=on_epoch):
+                record.population = {**(record.population or {}), "retry": note}
+                out.append(record)
+        return out
+
+
+class _Population:
+    """One population's training, evaluation and members' timed rounds."""
+
+    def __init__(self, unit: Unit, dataset: Dataset, device_list: list[jax.Device],
+                 protocol: TimingProtocol, peak_flops: float | None, on_epoch: OnEpoch):
+        self.unit, self.members, self.protocol = unit, unit.members, protocol
+        self.first = unit.members[0]
+        self.dataset, self.peak_flops, self.on_epoch = dataset, peak_flops, on_epoch
+        self.mesh = devices.population_mesh(device_list, unit.size)
+        self.device = device_list[0]
+        self.padded = devices.padded_size(unit.size, self.mesh)
+        self.shared: dict = {"group": unit.group, "size": unit.size,
+                             "devices": self.mesh.size if self.mesh else 1}
+
+    def run(self) -> list[Record]:
+        start = time.perf_counter()
+        records = [self._record(i, c) for i, c in enumerate(self.members)]
+        with costs.TrialMemory(self.device) as memory:
+            state, arrays = self._compile(records)
+            state = self._train(state, arrays, records)
+        self.shared["memory"] = {"program": self.memory_of_program, **memory.figures()}
+        self._time_members(state, records)
+        self.shared["wall_s"] = round(time.perf_counter() - start, 3)
+        self._finish(records)
+        return records
+
+    # ------------------------------------------------------------ building
+
+    def _record(self, index: int, config: TrialConfig) -> Record:
+        return Record(config=config, train_examples=len(self.dataset.y_train),
+                      test_examples=len(self.dataset.y_test),
+                      steps_per_epoch=len(self.dataset.y_train) // config.batch_size)
+
+    def _hyper(self, configs) -> Hyper:
+        """The members' per-member values as arrays (padding repeats the last member)."""
+        column = lambda name: jnp.asarray([getattr(c, name) for c in configs], jnp.float32)  # noqa: E731
+        return Hyper(learning_rate=column("learning_rate"), l1=column("l1"), l2=column("l2"),
+                     dropout=column("dropout") if self._uses_dropout else None)
+
+    @property
+    def _uses_dropout(self) -> bool:
+        return self.first.dropout > 0
+
+    def _member_program(self, model: nnx.Module):
+        graphdef, _ = nnx.split(model)
+        tx_of = injected(registry.OPTIMIZERS[self.first.optimizer].make)
+        return build_member_program(graphdef, tx_of, self.first.batch_size,
+                                    penalized=any(c.l1 or c.l2 for c in self.members),
+                                    uses_dropout=self._uses_dropout,
+                                    round_steps=self.protocol.round_steps)
+
+    def _padded_members(self) -> list[TrialConfig]:
+        """The members, then copies of the last one up to a multiple of the devices (never
+        recorded: they only fill the mesh)."""
+        return list(self.members) + [self.members[-1]] * (self.padded - self.unit.size)
+
+    def _compile(self, records: list[Record]):
+        """Places data and the stacked initial states, and compiles the population's
+        programs and the one-member round program."""
+        if self.members[0].batch_size > len(self.dataset.y_train):
+            raise ValueError(f"batch size {self.first.batch_size} exceeds the "
+                             f"{len(self.dataset.y_train)} training examples")
+        configs = self._padded_members()
+        models = [build_model(c) for c in configs]  # each member's seed: its initial weights
+        self.member = self._member_program(models[0])  # alone, as a trial alone runs
+        if hasattr(models[0], "fused_kernel"):
+            models[0].fused_kernel = os.environ.get("BENCH_POP_LSTM", "xla") == "kernel"
+        self.program = population_program(self._member_program(models[0]))
+        params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(m)[1] for m in models))
+        hyper = self._hyper(configs)
+        keys = jax.vmap(jax.random.key)(jnp.asarray([c.seed for c in configs]))
+        state = jax.jit(self.program.init)(params, hyper)
+        data = devices.replicate(place_dataset(self.dataset, self.device), self.mesh)
+        state, hyper, keys = devices.shard_members((state, hyper, keys), self.mesh)
+        active = devices.shard_members(jnp.ones(self.padded, bool), self.mesh)
+        x, y, x_test, y_test = data
+        with CacheHits() as cache:
+            self.epoch, compile_s = compile_ahead(self.program.train_epoch, state, hyper, active,
+                                                  x, y, keys, donate_argnums=0)
+            self.evaluate, eval_compile_s = compile_ahead(self.program.evaluate, state.params,
+                                                          x_test, y_test)
+            one = self._member_state(state, 0)
+            key = jax.device_put(keys[0], self.device)
+            self.train_round, round_compile_s = compile_ahead(
+                self.member.train_round, one, self._member_hyper(hyper, 0),
+                *place_dataset(self.dataset, self.device)[:2], key, donate_argnums=0)
+        self.memory_of_program = costs.program_memory(self.epoch)
+        self.shared |= {"compile_s": round(compile_s, 4), "eval_compile_s": round(eval_compile_s, 4),
+                        "round_compile_s": round(round_compile_s, 4),
+                        "compile_cache_hits": cache.hits}
+        n_params = sum(leaf.size for leaf in jax.tree.leaves(one.params))
+        flops = self._step_flops(configs[0], one, self._member_hyper(hyper, 0), key)
+        for record in records:
+            record.params, record.flops_per_step = n_params, flops
+        return state, (hyper, keys, data)
+
+    def _step_flops(self, config, state, hyper, key) -> float | None:
+        """One member's FLOPs per step, its time loop (if any) unrolled for the count."""
+        model = build_model(config)
+        if hasattr(model, "unroll"):
+            model.unroll = True
+        program = self._member_program(model)
+        x, y = place_dataset(self.dataset, self.device)[:2]
+        return costs.flops(jax.jit(program.train_round).lower(state, hyper, x, y, key))
+
+    # ------------------------------------------------------------ training
+
+    def _train(self, state, arrays, records: list[Record]):
+        hyper, keys, (x, y, x_test, y_test) = arrays
+        active = np.ones(self.padded, bool)
+        active[self.unit.size:] = False  # padding trains but never counts
+        epoch_s, samples = [], []
+        fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+        for index in range(self.first.epochs):
+            training = active.copy()
+            member_active = devices.shard_members(jnp.asarray(training | self._padding_mask()),
+                                                  self.mesh)
+            epoch_keys = devices.shard_members(fold(keys, index), self.mesh)
+            (state, losses, accs), seconds = timed_call(self.epoch, state, hyper, member_active,
+                                                        x, y, epoch_keys)
+            test_losses, test_accs = (np.asarray(v) for v in self.evaluate(state.params, x_test,
+                                                                           y_test))
+            epoch_s.append(round(seconds, 4))
+            samples.append(int(training.sum()) * records[0].steps_per_epoch
+                           * self.first.batch_size / seconds)
+            for i in np.flatnonzero(training[: self.unit.size]):
+                active[i] = self._after_epoch(records[i], index, float(losses[i]), float(accs[i]),
+                                              float(test_losses[i]), float(test_accs[i]), seconds)
+            self.on_epoch({"epoch": index + 1, "members": int(training.sum()),
+                           "test_accuracy": float(np.max(test_accs[: self.unit.size]))})
+            if not active.any():
+                break
+        self.shared |= {"epoch_s": epoch_s, "first_epoch_s": epoch_s[0],
+                        "steady_epoch_s": steady(epoch_s),
+                        "member_samples_per_s": round(float(np.median(samples[1:] or samples)), 1)}
+        return state
+
+    def _padding_mask(self) -> np.ndarray:
+        """Padding keeps training (its values are a real member's, never NaN-prone alone)."""
+        mask = np.zeros(self.padded, bool)
+        mask[self.unit.size:] = True
+        return mask
+
+    def _after_epoch(self, record: Record, index: int, loss: float, acc: float,
+                     test_loss: float, test_acc: float, seconds: float) -> bool:
+        """Appends the member's epoch; returns whether it trains on (False once diverged)."""
+        record.history.append({"epoch": index + 1, "train_loss": loss, "train_accuracy": acc,
+                               "test_loss": test_loss, "test_accuracy": test_acc,
+                               "population_epoch_s": round(seconds, 4)})
+        record.test_loss, record.test_accuracy = test_loss, test_acc
+        if not (math.isfinite(loss) and math.isfinite(test_loss)):
+            record.status = "diverged"
+            return False
+        return True
+
+    # ------------------------------------------------------------ members alone
+
+    def _member_state(self, state, index: int):
+        """Member `index`'s state, on the first device, as a program of one member takes it."""
+        return jax.device_put(jax.tree.map(lambda leaf: leaf[index], state), self.device)
+
+    def _member_hyper(self, hyper: Hyper, index: int) -> Hyper:
+        return jax.device_put(jax.tree.map(lambda leaf: leaf[index], hyper), self.device)
+
+    def _time_members(self, state, records: list[Record]) -> None:
+        """Each ok member's own timed rounds, alone, with the group's one-member program."""
+        x, y = place_dataset(self.dataset, self.device)[:2]
+        hyper = self._hyper(self.members)
+        for index, record in enumerate(records):
+            if record.status != "ok":
+                continue
+            one_hyper = self._member_hyper(hyper, index)
+            train_round = lambda s, xs, ys, k, h=one_hyper: self.train_round(s, h, xs, ys, k)  # noqa: E731
+            key = jax.random.key(record.config.seed)
+            time_alone(train_round, self._member_state(state, index), x, y, key, self.protocol,
+                       record)
+            round_figures(record, record.config, self.protocol, self.peak_flops)
+
+    def _finish(self, records: list[Record]) -> None:
+        """Each member's population figures: the shared ones, its index, its clock's
+        time to accuracy, and the group's speed-up over training one at a time."""
+        shared = dict(self.shared, speedup=self._speedup(records))
+        for index, record in enumerate(records):
+            clock = [{**h, "epoch_s": h["population_epoch_s"]} for h in record.history]
+            tta = time_to_accuracy(clock, self.protocol.targets, shared["compile_s"])
+            record.population = {**shared, "index": index, "time_to_accuracy": tta}
+
+    def _speedup(self, records: list[Record]) -> float | None:
+        """The members' own epoch times (steps x their median step time, from the timed
+        rounds), summed, over the population's steady epoch time: an estimate of how much
+        faster the population trained than its members would one at a time."""
+        alone = [r.steps_per_epoch * r.step_ms / 1000 for r in records if r.step_ms]
+        if len(alone) != len(records) or not self.shared.get("steady_epoch_s"):
+            return None
+        return round(sum(alone) / self.shared["steady_epoch_s"], 2)
