@@ -134,3 +134,40 @@ def _memory_stats(device) -> dict | None:
 def _stat(stats: dict | None, name: str) -> int | None:
     value = (stats or {}).get(name)
     return int(value) if isinstance(value, (int, float)) else None
+
+
+class TooLarge(MemoryError):
+    """A compiled program needs more memory than the device has free."""
+
+
+# Share of the free memory one program may plan to use: XLA's own estimate leaves out
+# allocator slack and whatever the process allocates besides.
+FITS_FRACTION = 0.8
+
+
+def check_fits(memory: dict | None, device, what: str) -> None:
+    """Raises TooLarge when the program's buffers (XLA's memory analysis) exceed the
+    device's free memory; silent when either is unknown."""
+    free = free_bytes(device)
+    if not memory or free is None:
+        return
+    needed = (memory.get("argument_size_in_bytes", 0) + memory.get("output_size_in_bytes", 0)
+              + memory.get("temp_size_in_bytes", 0) - memory.get("alias_size_in_bytes", 0))
+    if needed > FITS_FRACTION * free:
+        raise TooLarge(f"{what} needs {needed / 2**30:.1f} GiB; {free / 2**30:.1f} GiB is free")
+
+
+def free_bytes(device) -> int | None:
+    """Free memory of an accelerator (its allocator's limit less what is in use), or of the
+    host for a CPU device (Linux MemAvailable); None when unknown."""
+    stats = _memory_stats(device)
+    if stats and "bytes_limit" in stats:
+        return int(stats["bytes_limit"]) - int(stats.get("bytes_in_use", 0))
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return None

@@ -53,10 +53,11 @@ def _axes_table() -> Table:
 
 def _presets_table() -> Table:
     presets = Table(title="presets (--preset)")
-    for col in ("name", "trials", "expected runtime", "description"):
+    for col in ("name", "trials", "expected runtime", "with --population off", "description"):
         presets.add_column(col)
     for name in preset_names():
         path = preset_path(name)
         sweep = load_sweep(path)
-        presets.add_row(name, str(len(sweep.trials)), expected_runtime(path), sweep.description)
+        presets.add_row(name, str(len(sweep.trials)), expected_runtime(path),
+                        expected_runtime(path, population_off=True), sweep.description)
     return presets

@@ -162,6 +162,7 @@ class _Population:
                 self.member.train_round, one, self._member_hyper(hyper, 0),
                 *place_dataset(self.dataset, self.device)[:2], key, donate_argnums=0)
         self.memory_of_program = costs.program_memory(self.epoch)
+        costs.check_fits(self.memory_of_program, self.device, f"a population of {self.padded}")
         self.shared |= {"compile_s": round(compile_s, 4), "eval_compile_s": round(eval_compile_s, 4),
                         "round_compile_s": round(round_compile_s, 4),
                         "compile_cache_hits": cache.hits}

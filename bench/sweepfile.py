@@ -82,10 +82,12 @@ def _preset_dir() -> Path:
     return Path(str(resources.files("bench") / "presets"))
 
 
-def expected_runtime(path: Path) -> str:
-    """The '# expected runtime: ...' comment at the top of a sweep file ('' if none)."""
-    for line in Path(path).read_text().splitlines()[:10]:
-        if line.lower().startswith("# expected runtime:"):
+def expected_runtime(path: Path, population_off: bool = False) -> str:
+    """The '# expected runtime: ...' comment at the top of a sweep file, or with
+    `population_off` its '# expected runtime, --population off: ...' one ('' if none)."""
+    head = "# expected runtime, --population off:" if population_off else "# expected runtime:"
+    for line in Path(path).read_text(encoding="utf-8").splitlines()[:10]:
+        if line.lower().startswith(head):
             return line.split(":", 1)[1].strip()
     return ""
 

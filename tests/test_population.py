@@ -309,3 +309,54 @@ def test_two_devices_give_the_records_of_one(tmp_path):
     assert {r[1] for r in one} == {1} and {r[1] for r in two} == {2}
     for a, b in zip(one, two):
         assert math.isclose(a[3], b[3], rel_tol=1e-4)
+
+
+def test_a_population_too_large_for_free_memory_is_split(dataset, monkeypatch):
+    """auto sizing: a population whose compiled program would not fit is split until it does."""
+    from bench import costs
+    seen = []
+
+    def free(device):  # a little less than four members need (the data set is shared)
+        return 0.95 * seen[0] / costs.FITS_FRACTION if seen else None
+
+    real_check = costs.check_fits
+
+    def check(memory, device, what):
+        needed = (memory["argument_size_in_bytes"] + memory["output_size_in_bytes"]
+                  + memory["temp_size_in_bytes"] - memory["alias_size_in_bytes"])
+        seen.append(needed)
+        real_check(memory, device, what)
+    monkeypatch.setattr(costs, "free_bytes", free)
+    monkeypatch.setattr(costs, "check_fits", check)
+    cfgs = lr_sweep(4)
+    records = run(cfgs, dataset)
+    assert sorted(r.key for r in records) == sorted(c.key for c in cfgs)
+    assert all(r.status == "ok" for r in records)
+    assert all("TooLarge" in r.population["retry"] for r in records)
+    assert [r.population["size"] for r in records] == [2, 2, 2, 2]
+
+
+def test_check_fits_compares_the_program_with_free_memory(monkeypatch):
+    from bench import costs
+    monkeypatch.setattr(costs, "free_bytes", lambda device: 1000)
+    memory = {"argument_size_in_bytes": 500, "output_size_in_bytes": 200,
+              "temp_size_in_bytes": 200, "alias_size_in_bytes": 100}
+    costs.check_fits(memory, None, "p")  # 800 <= 0.8 * 1000
+    with pytest.raises(costs.TooLarge, match="p needs"):
+        costs.check_fits({**memory, "temp_size_in_bytes": 201}, None, "p")
+    monkeypatch.setattr(costs, "free_bytes", lambda device: None)
+    costs.check_fits({**memory, "temp_size_in_bytes": 10**12}, None, "p")  # unknown: no verdict
+
+
+@pytest.mark.parametrize("stats, expected", [
+    ({"bytes_limit": 1000, "bytes_in_use": 300}, 700),
+    ({"bytes_in_use": 300}, "host"),
+])
+def test_free_bytes_of_a_device(stats, expected):
+    from bench import costs
+
+    class Device:
+        def memory_stats(self):
+            return stats
+    free = costs.free_bytes(Device())
+    assert free == expected if expected != "host" else free > 0

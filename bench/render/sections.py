@@ -24,7 +24,8 @@ Column = tuple[str, bool, Callable[[Group], Cell]]
 def build_report(runs: list[Run], groups: list[Group] | None = None) -> Report:
     """The whole report of one or more runs (`groups`: their group_trials, if at hand)."""
     groups = group_trials(runs) if groups is None else groups
-    parts = [summary(runs, groups), leaderboard(runs, groups), pivots(runs, groups),
+    parts = [summary(runs, groups), leaderboard(runs, groups), tuned_optimizers(runs, groups),
+             pivots(runs, groups),
              pareto(runs, groups), all_configurations(runs, groups), populations_section(runs),
              published(runs, groups), errors(runs), environment(runs)]
     return Report(report_title(runs), tuple(s for s in parts if s is not None))
@@ -270,6 +271,44 @@ def pareto(runs: list[Run], groups: list[Group]) -> Section | None:
                "mean training time (train s), fastest first. " + accuracy_caption(runs))
     return Section("pareto", "Accuracy vs training time: Pareto front",
                    (_rows_table("", columns, front, caption),))
+
+
+# ---------------------------------------------------------------- optimizers at their best rate
+
+
+def best_rates(groups: list[Group]) -> dict[tuple, list[tuple[Group, int]]]:
+    """(run index, configuration without optimizer and rate) -> per optimizer tried at two or
+    more learning rates: (its most accurate group, how many rates were tried), best first."""
+    tried: dict[tuple, dict[str, list[Group]]] = {}
+    for g in ranked(groups):  # most accurate first
+        rest = tuple((k, v) for k, v in g.config.items() if k not in ("optimizer", "learning_rate"))
+        tried.setdefault((g.run_index, rest), {}).setdefault(g.config["optimizer"], []).append(g)
+    out = {}
+    for key, by_optimizer in tried.items():
+        best = [(members[0], len(members)) for members in by_optimizer.values() if len(members) > 1]
+        if best:
+            out[key] = best
+    return out
+
+
+def tuned_optimizers(runs: list[Run], groups: list[Group]) -> Section | None:
+    """DeepOBS' question: which optimizer is best when each gets its best learning rate."""
+    found = best_rates(groups)
+    if not found:
+        return None
+    rows = [(g, rates) for best in found.values() for g, rates in best]
+    rank = {id(g): i + 1 for best in found.values() for i, (g, _) in enumerate(best)}
+    rates = {id(g): n for g, n in rows}
+    columns = _columns(runs, CONFIG, ("rank", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
+                       ("rates tried", True, lambda g: Cell(str(rates[id(g)]), rates[id(g)])),
+                       SEEDS, _metric(_acc_title(runs), "test_accuracy"),
+                       _metric("ms/step", "step_ms"))
+    caption = ("For each model and optimizer tried at several learning rates: the rate whose "
+               "seeds reached the highest mean test accuracy, ranked within the model (the "
+               "DeepOBS protocol: tune each optimizer's rate on a grid, compare them at their "
+               "best over several seeds). " + accuracy_caption(runs))
+    return Section("tuned", "Optimizers at their best learning rate",
+                   (_rows_table("", columns, [g for g, _ in rows], caption),))
 
 
 # ---------------------------------------------------------------- all configurations
