@@ -62,3 +62,13 @@ def fake_peak(monkeypatch) -> list:
 
     monkeypatch.setattr("bench.calibrate.measure_peak", measure)
     return calls
+
+
+def quick_first(cases, ids=None) -> list:
+    """Parameters for @pytest.mark.parametrize of which only the first case runs in the quick
+    loop (`pytest -m "not slow"`); the others, the same check over more entries of a table,
+    are marked slow and run in the full suite."""
+    cases = [case if isinstance(case, tuple) else (case,) for case in cases]
+    ids = list(ids) if ids is not None else [None] * len(cases)
+    return [pytest.param(*case, id=id_, marks=[pytest.mark.slow] if i else [])
+            for i, (case, id_) in enumerate(zip(cases, ids, strict=True))]

@@ -2,8 +2,8 @@
 
 Compiling is what costs time here, so the real runs are few and shared: one
 module-scoped run of two tiny dense trials (with the real calibration) and one of
-a failing and a diverging trial. Input errors are checked with every trial runner
-and the calibration patched to fail the test if reached.
+a failing and a diverging trial; the tests that use them are marked slow. Input
+errors are in test_errors.py.
 """
 
 from __future__ import annotations
@@ -47,12 +47,14 @@ def header(run):
     return results.read_header(run[1])
 
 
+@pytest.mark.slow
 def test_run_succeeds_and_writes_the_run_directory(run):
     status, out, _ = run
     assert status == 0
     assert {"run.json", "results.jsonl", "report.md"} <= {p.name for p in out.iterdir()}
 
 
+@pytest.mark.slow
 def test_header_says_where_the_numbers_came_from(run, header):
     _, out, npz = run
     assert header["schema_version"] == results.SCHEMA_VERSION == 2
@@ -71,16 +73,18 @@ def test_header_says_where_the_numbers_came_from(run, header):
     assert len(header["plan"]) == 2
 
 
+@pytest.mark.slow
 def test_header_holds_the_real_calibration(header):
     calibration = header["calibration"]
     assert calibration["peak_flops"] > 1e8  # any CPU does more than 0.1 GFLOP/s
     assert calibration["matrix_size"] == 2048
-    assert 0 < calibration["seconds"] < 60
+    assert calibration["seconds"] > 0
     assert calibration["peak_flops"] == pytest.approx(2 * 2048**3 / calibration["seconds"], rel=1e-3)
     assert calibration["cached"] is False and calibration["machine_key"].startswith("cpu|")
     assert calibration["measured"]
 
 
+@pytest.mark.slow
 def test_one_record_per_trial(records, header):
     assert [r["key"] for r in records] == [TrialConfig.from_dict(c).key for c in header["plan"]]
     assert [r["config"]["activation"] for r in records] == ["relu", "tanh"]
@@ -91,6 +95,7 @@ def test_one_record_per_trial(records, header):
                                "dropout": 0.0, "l1": 0.0, "l2": 0.0}
 
 
+@pytest.mark.slow
 def test_records_hold_the_measurements(records, header):
     peak = header["calibration"]["peak_flops"]
     for r in records:
@@ -113,6 +118,7 @@ def test_records_hold_the_measurements(records, header):
         assert isinstance(r["busy"], bool)
 
 
+@pytest.mark.slow
 def test_records_hold_time_to_accuracy(records):
     for r in records:
         tta = r["time_to_accuracy"]
@@ -124,6 +130,7 @@ def test_records_hold_time_to_accuracy(records):
         assert hit["with_compile_s"] == pytest.approx(r["epoch_s"][0] + r["compile_s"], abs=1e-3)
 
 
+@pytest.mark.slow
 def test_results_are_strict_json_lines(run):
     lines = (run[1] / "results.jsonl").read_text().splitlines()
     assert len(lines) == 2
@@ -131,6 +138,7 @@ def test_results_are_strict_json_lines(run):
         json.loads(line, parse_constant=lambda c: pytest.fail(f"non-JSON constant {c}"))
 
 
+@pytest.mark.slow
 def test_report_names_the_data_and_the_trials(run):
     report = (run[1] / "report.md").read_text()
     name = results.read_header(run[1])["data"]["name"]  # an .npz is labelled by its file name
@@ -144,54 +152,6 @@ def test_list_shows_what_can_be_swept(capsys):
     out = capsys.readouterr().out
     for name in [*MODELS, *registry.ACTIVATIONS, *registry.OPTIMIZERS, *preset_names()]:
         assert name in out, name
-
-
-@pytest.fixture
-def nothing_may_run(monkeypatch):
-    """Fails the test if a trial or the calibration is reached."""
-    def forbidden(*args, **kwargs):
-        pytest.fail("reached a trial or the calibration: input was not checked first")
-
-    for target in ("bench.runner.run_trial", "bench.trial.run_trial", "bench.runner.calibration",
-                   "bench.calibrate.measure_peak", "bench.trial.compile_ahead"):
-        monkeypatch.setattr(target, forbidden)
-
-
-@pytest.mark.parametrize("flags, expected", [
-    (["--models", "mlp"], ["'mlp'", *MODELS]),
-    (["--activations", "swish"], ["'swish'", *registry.ACTIVATIONS]),
-    (["--optimizers", "sgdm"], ["'sgdm'", *registry.OPTIMIZERS]),
-    (["--units", "0"], ["units", "0"]),
-    (["--epochs", "0"], ["epochs", "0"]),
-    (["--dropout", "1"], ["dropout"]),
-    (["--device", "tpu"], ["tpu", "platforms present", "cpu"]),
-    (["--device", "abacus"], ["'abacus'", "cpu", "gpu", "tpu", "auto"]),
-    (["--data", "/nonexistent"], ["/nonexistent", "embedded", "tfds"]),
-    (["--preset", "nope"], ["'nope'", *preset_names()]),
-    (["--preset", "quick", "--sweep", "sweep.toml"], ["--sweep", "--preset"]),
-    (["--sweep", "absent.toml"], ["absent.toml"]),
-    (["--resume", "no-such-run"], ["no-such-run", "no run to resume"]),
-])
-def test_bad_input_exits_before_anything_compiles(isolated, tiny_npz, nothing_may_run, capsys,
-                                                  tmp_path, flags, expected):
-    out = tmp_path / "out"
-    argv = ["run", "--models", "dense", "--units", "4", "--epochs", "1", "--data", str(tiny_npz),
-            "--out", str(out), *flags]
-    assert main(argv) == 2
-    err = capsys.readouterr().err
-    assert err.startswith("bench run: error:")
-    for text in expected:
-        assert text in err, f"{text!r} not in {err!r}"
-    assert not out.exists()
-
-
-@pytest.mark.parametrize("flags", [["--repeats", "0"], ["--round-steps", "0"], ["--burn-in", "-1"],
-                                   ["--targets", "1.5"], ["--units", "many"]])
-def test_bad_numbers_are_usage_errors(isolated, nothing_may_run, capsys, flags):
-    with pytest.raises(SystemExit) as exit_:
-        main(["run", *flags])
-    assert exit_.value.code == 2
-    assert flags[0] in capsys.readouterr().err
 
 
 @pytest.fixture(scope="module")
@@ -210,6 +170,7 @@ def troubled(tmp_path_factory):
     return status, out, results.read_results(out)
 
 
+@pytest.mark.slow
 def test_a_failing_trial_becomes_a_record_and_the_sweep_goes_on(troubled):
     status, out, (failed, diverged) = troubled
     assert status == 0
@@ -222,12 +183,14 @@ def test_a_failing_trial_becomes_a_record_and_the_sweep_goes_on(troubled):
     assert "failed" in (out / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_diverging_trial_is_marked_and_not_timed(troubled):
     diverged = troubled[2][1]
     assert diverged["status"] == "diverged" and diverged["error"] is None
     assert diverged["compile_s"] > 0
-    last = diverged["history"][-1]
-    assert last["train_loss"] is None or last["test_loss"] is None  # NaN/inf stored as null
+    (only,) = diverged["history"]  # at lr 1e30 both losses overflow in the first epoch
+    assert (only["train_loss"], only["test_loss"]) == (None, None)  # NaN/inf stored as null
+    assert 0 <= only["train_accuracy"] <= 1 and 0 <= only["test_accuracy"] <= 1
     assert diverged["rounds_s"] == [] and diverged["round_stats"] is None
     assert diverged["samples_per_s"] is None
     assert all(v is None for v in diverged["time_to_accuracy"].values())
@@ -252,6 +215,7 @@ def test_a_new_data_set_in_the_same_process_gets_its_own_arrays(monkeypatch):
         assert trial.place_dataset(dataset, device)[0] is placed[0]  # cached while in use
 
 
+@pytest.mark.slow  # trains an LSTM
 def test_run_says_which_lstm_loop_it_times(isolated, tiny_npz, fake_peak, capsys):
     status = main(["run", "--models", "recurrent", "--units", "2", "--activations", "relu",
                    "--optimizers", "sgd", "--batch-size", "64", "--epochs", "1",

@@ -11,9 +11,12 @@ import sys
 from collections import namedtuple
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "profile_step.py"
 
 
+@pytest.mark.slow  # a fresh interpreter that compiles and profiles a step
 def test_profile_step_lists_the_step_operations_with_their_times():
     run = subprocess.run([sys.executable, str(SCRIPT), "--model", "dense", "--units", "4",
                           "--batch-size", "8", "--steps", "2", "--rounds", "1", "--top", "5"],

@@ -107,9 +107,7 @@ def test_changed_covers_every_field():
 
 def test_key_is_stable():
     """Pinned: a changed key would orphan every run directory that is resumed or compared."""
-    assert BASE.key == dataclasses.replace(BASE).key
     assert BASE.key == "e69a3108ceb2"
-    assert len(BASE.key) == 12 and int(BASE.key, 16) >= 0
 
 
 @pytest.mark.parametrize("field, value", CHANGED.items())
@@ -168,12 +166,14 @@ def test_bad_values_name_the_axis_and_what_is_valid(axis, value, expected):
         assert text in str(err.value)
 
 
-@pytest.mark.parametrize("axis, value", [
-    ("dropout", 0.0), ("dropout", 0.5), ("seeds", 0), ("l1", 0.0), ("l2", 0), ("units", None),
-    ("learning_rate", None), ("learning_rate", 1), ("units", 1),
+@pytest.mark.parametrize("axis, value, expected", [
+    ("dropout", 0.0, 0.0), ("dropout", 0.5, 0.5), ("seeds", 0, 0), ("l1", 0.0, 0.0),
+    ("l2", 0, 0.0), ("units", None, None), ("learning_rate", None, None),
+    ("learning_rate", 1, 1.0), ("units", 1, 1), ("units", 64.0, 64),
 ])
-def test_boundary_values_are_accepted(axis, value):
-    AXIS_BY_KEY[axis].normalise(value)
+def test_boundary_values_are_accepted(axis, value, expected):
+    normalised = AXIS_BY_KEY[axis].normalise(value)
+    assert normalised == expected and type(normalised) is type(expected)
 
 
 def test_an_empty_axis_is_an_error():

@@ -6,7 +6,10 @@ expected raises StopIteration, so the number of clock reads is checked too.
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import time
 import types
 
 import jax
@@ -149,10 +152,50 @@ def test_load_meter_accumulates_regions(monkeypatch):
     assert meter.other_cores() == 0.5 and meter.busy()
 
 
-def test_load_meter_reads_this_machine():
+@pytest.mark.parametrize("line, busy_ticks", [
+    # user nice system idle iowait irq softirq steal guest guest_nice: idle and iowait are
+    # not busy; guest time is already inside user and nice
+    ("cpu  100 20 30 400 50 6 7 8 9 10", 100 + 20 + 30 + 6 + 7 + 8),
+    ("cpu  100 20 30 400", 100 + 20 + 30),  # an old kernel's four fields
+])
+def test_machine_busy_is_the_non_idle_time_of_proc_stat(monkeypatch, line, busy_ticks):
+    read = []
+    monkeypatch.setattr(hostload, "open", lambda path: read.append(path) or io.StringIO(
+        line + "\ncpu0 1 1 1 1\n"), raising=False)
+    assert hostload.machine_busy_s() == pytest.approx(busy_ticks / os.sysconf("SC_CLK_TCK"))
+    assert read == ["/proc/stat"]
+
+
+def _missing(path):
+    raise FileNotFoundError(2, "No such file or directory", path)
+
+
+@pytest.mark.parametrize("opener", [_missing, lambda path: io.StringIO("cpu  one two\n")],
+                         ids=["missing", "garbled"])
+def test_machine_busy_is_none_without_a_readable_proc_stat(monkeypatch, opener):
+    monkeypatch.setattr(hostload, "open", opener, raising=False)
+    assert hostload.machine_busy_s() is None
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/stat"), reason="reads Linux's /proc/stat")
+def test_machine_busy_reads_this_machine():
+    def busy_s():  # the same sum, written out independently
+        user, nice, system, idle, iowait, irq, softirq, steal = (
+            int(v) for v in open("/proc/stat").readline().split()[1:9])
+        return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+    before = busy_s()
     busy = hostload.machine_busy_s()
-    assert busy is None or busy > 0
-    assert hostload.own_cpu_s() > 0
+    assert before <= busy <= busy_s() and busy > 0
+
+
+def test_own_cpu_time_counts_this_process():
+    start, own = time.process_time(), hostload.own_cpu_s()
+    time.sleep(0.2)  # no CPU time
+    while time.process_time() - start < 0.2:  # 0.2 s of CPU time
+        pass
+    used, own_used = time.process_time() - start, hostload.own_cpu_s() - own
+    assert own_used == pytest.approx(used, abs=0.05)
 
 
 @pytest.fixture
