@@ -325,6 +325,11 @@ def run_report(args: argparse.Namespace) -> int:
 
 
 def _enable_compilation_cache(path: str) -> None:
+    try:
+        Path(path).mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SpecError(f"--compilation-cache {path}: cannot use it as a directory "
+                        f"({exc.strerror or exc})") from None
     import jax
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

@@ -269,6 +269,9 @@ def _load_idx_folder(folder: str, label: str) -> Dataset:
 def _npz_arrays(path: str) -> dict[str, np.ndarray]:
     """The split arrays present in an .npz file."""
     try:
+        with open(path, "rb") as f:
+            if f.read(2) != b"PK":  # an .npz is a zip archive
+                raise ValueError("not a zip archive, which an .npz is")
         npz = np.load(path, allow_pickle=False)
         if not isinstance(npz, np.lib.npyio.NpzFile):  # a bare .npy under an .npz name
             raise ValueError("holds a single array, not named arrays")

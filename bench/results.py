@@ -324,9 +324,12 @@ def read_results(path: Path) -> list[dict]:
     if not file.exists():
         return []
     try:
-        lines = file.read_bytes().splitlines()
+        data = file.read_bytes()
     except OSError as exc:
         raise RunDirError(f"{file} cannot be read ({_reason(exc)})") from None
+    lines = data.splitlines()
+    # Only an unfinished last line (no newline after it) can be an interrupted write.
+    unfinished = len(lines) if data and not data.endswith(b"\n") else None
     records = []
     for number, line in enumerate(lines, 1):
         if not line.strip():
@@ -334,7 +337,7 @@ def read_results(path: Path) -> list[dict]:
         record, problem, torn = _parse_line(line)
         if record is not None:
             records.append(record)
-        elif not (torn and number == len(lines)):  # only the last line may be torn
+        elif not (torn and number == unfinished):
             raise RunDirError(f"{file}:{number}: not a JSON line ({problem}); only the last line "
                               "may be torn by an interruption: remove or repair that line")
     return records

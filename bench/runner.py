@@ -69,15 +69,17 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     previous = _previous_header(run_dir)
     if sweep is None:
         sweep = _planned_sweep(previous)
+    done = read_records(run_dir)  # a bad results file stops the run before anything costs
     device = resolve_device(options.device)
     device_list = platform_devices(device, options.devices)
     dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
+    if previous is not None:
+        _check_same_data(previous, dataset.describe(), run_dir)
     peak = calibration(device, use_cache=not options.recalibrate)
     header = _header(previous, sweep, run_dir, device, dataset, peak, options, argv)
     header["devices"] = [str(d) for d in device_list]
     header["population"] = options.population
     results.write_header(run_dir, header)
-    done = read_records(run_dir)
     failed = {r.key for r in done if r.status == "failed"}
     finished = {r.key for r in done} - (failed if options.retry_failed else set())
     todo = [t for t in sweep.trials if t.key not in finished]
@@ -135,7 +137,6 @@ def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> d
         header["plan"], header["references"] = [], {}
     else:
         header = dict(previous, schema_version=SCHEMA_VERSION)
-        _check_same_data(header, dataset.describe(), run_dir)
         header.setdefault("resumed", []).append({"command": command, "at": results.now_iso(),
                                                  "retry_failed": options.retry_failed})
     planned = {TrialConfig.from_dict(c).key: c for c in header["plan"]}

@@ -145,24 +145,6 @@ CORRUPT_HEADERS = {  # run.json contents -> what the message says
 }
 
 
-def bench_bug(reason: str):
-    """A case that bench gets wrong today: it stays in the table, visibly, until fixed."""
-    return pytest.mark.xfail(strict=True, reason=reason)
-
-
-BUG_RESUME_RESULTS = bench_bug(
-    "bench/runner.py reads results.jsonl only after loading the data, calibrating (a compile "
-    "when not cached) and rewriting run.json; a bad results file is known before all three")
-BUG_RESUME_DATA = bench_bug(
-    "bench/runner.py compares the resumed run's data with the data loaded only after calibrating "
-    "(a compile when not cached); the data is known before")
-BUG_MARKDOWN = bench_bug(
-    "bench/compare.py run_compare writes --markdown unguarded: an unwritable path ends in a "
-    "traceback with exit status 1 (the 'regression' status), after the comparison")
-BUG_WHOLE_LAST_LINE = bench_bug(
-    "bench/results.py read_results skips a bad last line even when it ends in a newline (not "
-    "torn): a results file of one non-JSON line reads as a run with no trials")
-
 CASES: dict[str, Case] = {
     # ---- bench run: where it writes
     "run --out an existing file": Case(
@@ -190,13 +172,13 @@ CASES: dict[str, Case] = {
         together(a_folder("run"), a_folder("run/run.json"))),
     "run --resume with a bad middle line in results": Case(
         ["run", "--resume", "{tmp}/run"], ["{tmp}/run/results.jsonl:2", "not a JSON line"],
-        a_run(results=golden_lines(b'{"key": "x", "sta\n')), marks=(BUG_RESUME_RESULTS,)),
+        a_run(results=golden_lines(b'{"key": "x", "sta\n'))),
     "run --resume with a record from a newer bench": Case(
         ["run", "--resume", "{tmp}/run"], ["{tmp}/run", "newer bench"],
-        a_run(results=record_line(schema_version=SCHEMA_VERSION + 1)), marks=(BUG_RESUME_RESULTS,)),
+        a_run(results=record_line(schema_version=SCHEMA_VERSION + 1))),
     "run --resume onto other data": Case(
         ["run", "--resume", "{tmp}/run"], ["{tmp}/run", "same --data", "128", "256"],
-        a_run(train_examples=128), marks=(BUG_RESUME_DATA,)),
+        a_run(train_examples=128)),
     # ---- bench run: the sweep
     "run --sweep not UTF-8": Case(
         ["run", "--sweep", "{tmp}/latin1.toml", *RUN_OUT], ["{tmp}/latin1.toml", "not a UTF-8"],
@@ -216,6 +198,9 @@ CASES: dict[str, Case] = {
         ["run", "--preset", "nope", *RUN_OUT], ["'nope'", *preset_names()]),
     "run --preset and --sweep": Case(
         ["run", "--preset", "quick", "--sweep", "{tmp}/sweep.toml", *RUN_OUT], ["--sweep", "--preset"]),
+    "run --compilation-cache under a file": Case(
+        ["run", *TINY, "--compilation-cache", "{tmp}/afile/cache", *RUN_OUT],
+        ["--compilation-cache", "{tmp}/afile/cache"], a_file("afile")),
     # ---- bench run: the data
     "run --data missing": Case(
         ["run", *TINY, "--data", "{tmp}/nowhere", *RUN_OUT], ["{tmp}/nowhere", "embedded", "tfds"]),
@@ -228,7 +213,7 @@ CASES: dict[str, Case] = {
     "run --data a corrupt .npz": Case(
         ["run", *TINY, "--data", "{tmp}/cut.npz", *RUN_OUT], ["{tmp}/cut.npz"], corrupt_npz),
     "run --data a text file named .npz": Case(
-        ["run", *TINY, "--data", "{tmp}/text.npz", *RUN_OUT], ["{tmp}/text.npz"],
+        ["run", *TINY, "--data", "{tmp}/text.npz", *RUN_OUT], ["{tmp}/text.npz", "not a zip archive"],
         a_file("text.npz", b"hello\n")),
     "run --data an .npz without the arrays": Case(
         ["run", *TINY, "--data", "{tmp}/empty.npz", *RUN_OUT], ["{tmp}/empty.npz", "x_train"],
@@ -273,7 +258,7 @@ CASES: dict[str, Case] = {
         a_run(results=golden_lines(b'{"key": "\xff"}\n'))),
     "report results that are not JSON lines": Case(
         ["report", "{tmp}/run"], ["{tmp}/run/results.jsonl:1", "not a JSON line"],
-        a_run(results=b"model,units,status\n"), marks=(BUG_WHOLE_LAST_LINE,)),
+        a_run(results=b"model,units,status\n")),
     "report results.jsonl a folder": Case(
         ["report", "{tmp}/run"], ["{tmp}/run/results.jsonl", "cannot be read"],
         together(a_folder("run"), a_file("run/run.json", (GOLDEN_RUN / "run.json").read_bytes()),
@@ -282,7 +267,8 @@ CASES: dict[str, Case] = {
         ["report", "{tmp}/run"], ["{tmp}/run", "record 1", "newer bench"],
         a_run(results=record_line(schema_version=SCHEMA_VERSION + 1))),
     "report --out an existing file": Case(
-        ["report", str(GOLDEN_RUN), "--out", "{tmp}/afile"], ["{tmp}/afile"], a_file("afile")),
+        ["report", str(GOLDEN_RUN), "--out", "{tmp}/afile"], ["{tmp}/afile", "is a file"],
+        a_file("afile")),
     "report --out under a file": Case(
         ["report", str(GOLDEN_RUN), "--out", "{tmp}/afile/sub"], ["{tmp}/afile/sub"],
         a_file("afile")),
@@ -310,7 +296,7 @@ CASES: dict[str, Case] = {
         a_compare_pair),
     "compare --markdown a folder": Case(
         ["compare", "{tmp}/base", "{tmp}/cand", "--markdown", "{tmp}/md"], ["{tmp}/md"],
-        together(a_compare_pair, a_folder("md")), marks=(BUG_MARKDOWN,)),
+        together(a_compare_pair, a_folder("md"))),
     "compare --threshold unknown": Case(
         ["compare", "{tmp}/base", "{tmp}/cand", "--threshold", "speed=0.1"],
         ["--threshold", "speed", "step_time"], a_compare_pair, usage=True),

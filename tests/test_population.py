@@ -29,6 +29,7 @@ from bench.steps import (Hyper, Penalty, build_member_program, build_program, in
                          population_program)
 from bench.trial import build_model, run_trial
 from models import MODELS
+from conftest import quick_first
 from test_training import X_TRAIN, Y_TRAIN, synthetic
 
 REPO = Path(__file__).resolve().parents[1]
@@ -162,8 +163,8 @@ def assert_same_params(a, b, rtol=2e-4, atol=2e-5):
 
 
 # Optimizers without state (sgd), with moments (adam) and with extra state (lion, adadelta).
-@pytest.mark.parametrize("family", list(MODELS))
-@pytest.mark.parametrize("optimizer", ["sgd", "adam", "lion", "adadelta"])
+@pytest.mark.parametrize("family", quick_first(MODELS))
+@pytest.mark.parametrize("optimizer", quick_first(["adam", "sgd", "lion", "adadelta"]))
 def test_a_member_ends_with_the_parameters_it_has_when_trained_alone(family, optimizer):
     default = registry.OPTIMIZERS[optimizer].default_lr
     cfgs = [config(family, optimizer=optimizer, learning_rate=default * scale, seed=seed)
@@ -173,9 +174,9 @@ def test_a_member_ends_with_the_parameters_it_has_when_trained_alone(family, opt
         assert_same_params(params, solo_params(cfg, epochs=2))
 
 
-@pytest.mark.parametrize("values", [
-    {"l1": (0.0, 1e-3)}, {"l2": (1e-4, 1e-2)}, {"dropout": (0.2, 0.5)},
-])
+@pytest.mark.parametrize("values", quick_first([
+    {"l2": (1e-4, 1e-2)}, {"l1": (0.0, 1e-3)}, {"dropout": (0.2, 0.5)},
+], ids=["l2", "l1", "dropout"]))
 def test_per_member_penalties_and_dropout_rates_are_their_own(values):
     (name, pair), = values.items()
     cfgs = [config("dense", seed=i, **{name: v}) for i, v in enumerate(pair)]
@@ -219,6 +220,7 @@ def run(cfgs, dataset, devices=None):
                           peak_flops=1e11)
 
 
+@pytest.mark.slow
 def test_each_member_is_a_record_with_its_own_key_and_history(dataset):
     cfgs = [config(learning_rate=lr, seed=s) for lr, s in ((1e-3, 0), (1e-2, 1), (3e-3, 2))]
     records = run(cfgs, dataset)
@@ -249,6 +251,7 @@ def test_a_diverged_member_is_recorded_and_masked_while_the_others_match_their_s
         assert records[index].test_loss == pytest.approx(alone.test_loss, rel=1e-4)
 
 
+@pytest.mark.slow
 def test_a_failing_population_is_retried_as_halves_before_anything_fails(dataset, monkeypatch):
     """A population that cannot run as a whole (e.g. out of memory) splits; its members
     are trained in smaller populations or alone, and nothing is recorded twice or lost."""
@@ -280,6 +283,7 @@ from bench.population import run_population
 from bench.schema import TimingProtocol
 from test_population import PROTOCOL, config, unit_of
 from bench.data import Dataset
+from conftest import quick_first
 from test_training import X_TRAIN, Y_TRAIN, synthetic
 x_test, y_test = synthetic(64, seed=1)
 data = Dataset("synthetic", "npz", "", np.asarray(X_TRAIN), np.asarray(Y_TRAIN),
@@ -311,6 +315,7 @@ def test_two_devices_give_the_records_of_one(tmp_path):
         assert math.isclose(a[3], b[3], rel_tol=1e-4)
 
 
+@pytest.mark.slow
 def test_a_population_too_large_for_free_memory_is_split(dataset, monkeypatch):
     """auto sizing: a population whose compiled program would not fit is split until it does."""
     from bench import costs

@@ -65,6 +65,8 @@ def render_run(run_dirs: list[Path], formats: tuple[str, ...] = FORMATS,
         raise ReportError("give at least one run directory")
     runs = load_runs([Path(p) for p in run_dirs])
     out = Path(out) if out is not None else default_out(runs)
+    if out.exists() and not out.is_dir():
+        raise ReportError(f"--out {out}: is a file; give a directory for the report files")
     out.mkdir(parents=True, exist_ok=True)
     sources = _Sources(runs)
     return [WRITERS[f](sources, out) for f in dict.fromkeys(formats)]
