@@ -18,6 +18,15 @@ record (setup.py's _lstm_cpu.json) must match this CPU's features and this jaxli
 after registering it a smoke call compares it with XLA's loop. Any failure leaves XLA's
 loop running, says why in `status()` and warns once. OpenBLAS's threads are capped to the
 cores XLA runs on (`blas_threads()`).
+
+Under `jax.vmap` (a population of trials trained together) the kernel takes the population
+axis itself: both calls use vmap_method="broadcast_all", so each pass stays one call that
+receives every operand with the vmapped axes in front (an unbatched one broadcast to them;
+nested vmaps add one axis each) and runs the members inside, spread over up to
+`blas_threads()` threads, each member's matrix products on its own thread. With
+vmap_method="sequential", XLA looped over the members around one call each: a population
+of 4 LSTM 128 (2 cores) took 6.0 s an epoch against 4.0 s for its members one at a time;
+with the population axis in the kernel it takes 3.35 s.
 """
 
 from __future__ import annotations
@@ -43,6 +52,8 @@ DISABLE_VARIABLE = "BENCH_FUSED_LSTM"
 RECORD_NAME = "_lstm_cpu.json"  # setup.py's build record, beside the library
 _FORWARD, _BACKWARD = "bench_lstm_forward", "bench_lstm_backward"
 _COEFFICIENTS = 6  # per unit, saved by the forward pass for the backward (lstm_cpu.cc's Coef)
+# Under vmap the kernel gets every operand with the population axes in front (lstm_cpu.cc).
+_VMAP_METHOD = "broadcast_all"
 _REINSTALL = ("reinstall bench to rebuild it here (pip install --force-reinstall --no-deps ., "
               "with -e for an editable install)")
 
@@ -261,7 +272,8 @@ def status() -> str:
 
 
 def blas_threads() -> int | None:
-    """The threads OpenBLAS runs the kernel's matrix products on; None when the kernel is off."""
+    """The threads OpenBLAS runs the kernel's matrix products on, and the most threads a
+    population's members are spread over (lstm_cpu.cc); None when the kernel is off."""
     return _cap_blas_threads() if _load() is None else None
 
 
@@ -299,7 +311,7 @@ def _forward(activation, carry, xs, kernel, bias):
                                        _f32(steps, batch, units + features),
                                        _f32(steps, batch, _COEFFICIENTS * units),
                                        _f32(steps, batch, units)),
-                            vmap_method="sequential")
+                            vmap_method=_VMAP_METHOD)
     h, c, hx, coefficients, cells = call(xs, kernel, bias, h0, c0,
                                          activation=np.int64(ACTIVATION_IDS[activation]))
     return (c, h), (hx, coefficients, cells, c0, kernel)
@@ -312,7 +324,7 @@ def _backward(activation, residuals, d_last):
     call = jax.ffi.ffi_call(_BACKWARD, (_f32(steps, batch, 4 * units), _f32(batch, units),
                                         _f32(batch, units), _f32(*kernel.shape),
                                         _f32(kernel.shape[1])),
-                            vmap_method="sequential")
+                            vmap_method=_VMAP_METHOD)
     d_z, d_h0, d_c0, d_kernel, d_bias = call(kernel, c0, coefficients, cells, d_h, d_c, hx)
     d_xs = d_z @ kernel[units:].T  # dropped by XLA when nobody asks for it
     return (d_c0, d_h0), d_xs, d_kernel, d_bias

@@ -2,8 +2,9 @@
 
 test_models.py checks the model, kernel included, against nnx.LSTMCell for tanh and relu;
 here every activation of bench's table is checked, and the choice between the two loops;
-then the guards that keep the kernel from taking the process down: the build record, the
-operand checks, the smoke call and OpenBLAS's threads.
+then the kernel under jax.vmap (a population of trials), which takes the members' axis
+itself; then the guards that keep the kernel from taking the process down: the build
+record, the operand checks, the smoke call and OpenBLAS's threads.
 """
 
 from __future__ import annotations
@@ -166,6 +167,186 @@ def test_environment_variable_switches_the_kernel_off():
     assert out.strip() == f"off ({fused_lstm.DISABLE_VARIABLE}=0)"
 
 
+# ---- populations: under jax.vmap the kernel takes the members' axis itself ------------------
+
+def member_args(members: tuple[int, ...], steps=5, batch=3, features=7, units=6) -> tuple:
+    """(carry, xs, kernel, bias) with the leading axes `members`, each member's values its own."""
+    def draw(shape, seed, scale=1.0):
+        return normal(members + shape, seed) * scale
+
+    carry = (draw((batch, units), 11), draw((batch, units), 12))
+    return (carry, draw((steps, batch, features), 13),
+            draw((units + features, 4 * units), 14, 0.3), draw((4 * units,), 15))
+
+
+def member_loss(act: Callable, carry, xs, kernel, bias):
+    c, h = fused_lstm.lstm(act, carry, xs, kernel, bias)
+    return jnp.sum(h * jnp.cos(h)) + jnp.sum(jnp.sin(c))  # cotangents differ per element
+
+
+def member_value_and_grads(act: Callable) -> Callable:
+    """One member's loss and its gradients w.r.t. initial carry, xs, kernel and bias."""
+    return jax.value_and_grad(partial(member_loss, act), argnums=(0, 1, 2, 3))
+
+
+def member(args, index, in_axes=None) -> list:
+    """Member `index`'s arguments (those with in_axes None are shared, taken whole)."""
+    in_axes = in_axes or (0,) * len(args)
+    return [arg if axis is None else jax.tree.map(lambda leaf: leaf[index], arg)
+            for arg, axis in zip(args, in_axes, strict=True)]
+
+
+def each_alone(fn: Callable, args, members: int, in_axes=None):
+    """`fn` called on each member's arguments in turn, the results stacked."""
+    results = [fn(*member(args, m, in_axes)) for m in range(members)]
+    return jax.tree.map(lambda *leaves: jnp.stack(leaves), *results)
+
+
+def assert_trees_close(got, want) -> None:
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["tanh", "relu"])
+def test_vmapped_kernel_equals_each_member_alone(name):
+    """A population of 3 under jax.vmap: the values and every gradient of each member are
+    those of the member's own unbatched call."""
+    kernel_on()
+    args = member_args((3,))
+    fn = member_value_and_grads(activation(name))
+    got = jax.jit(jax.vmap(fn))(*args)
+    assert_trees_close(got, each_alone(jax.jit(fn), args, 3))
+    values = got[0]
+    assert len(set(np.asarray(values).tolist())) == 3  # the members do differ
+
+
+@pytest.fixture
+def blas_threads():
+    """Sets OpenBLAS's thread count for the test: the kernel spreads a population's members
+    over that many threads (one: they run one after another)."""
+    kernel_on()
+    openblas = fused_lstm._openblas()
+    before = openblas.scipy_openblas_get_num_threads()
+    yield openblas.scipy_openblas_set_num_threads
+    openblas.scipy_openblas_set_num_threads(before)
+
+
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_members_on_any_number_of_threads_equal_each_member_alone(threads, blas_threads):
+    """3 members in turn, over 2 threads (one thread takes two) or over 3: the same results."""
+    blas_threads(threads)
+    args = member_args((3,))
+    fn = member_value_and_grads(jax.nn.relu)
+    got = jax.jit(jax.vmap(fn))(*args)
+    assert_trees_close(got, each_alone(jax.jit(fn), args, 3))
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0)], ids=["no step", "empty batch"])
+def test_vmapped_empty_sequence_or_batch_equals_each_member_alone(steps, batch, threads,
+                                                                   blas_threads):
+    """The unbatched call's edge cases, member by member, in turn or spread over threads."""
+    blas_threads(threads)
+    args = member_args((3,), steps=steps, batch=batch)
+    fn = member_value_and_grads(jnp.tanh)
+    got = jax.jit(jax.vmap(fn))(*args)
+    assert_trees_close(got, each_alone(jax.jit(fn), args, 3))
+
+
+def test_nested_vmap_equals_each_member_alone():
+    """vmap of vmap (a 2 x 2 population): the kernel gets two leading axes."""
+    kernel_on()
+    args = member_args((2, 2))
+    fn = member_value_and_grads(jnp.tanh)
+    got = jax.jit(jax.vmap(jax.vmap(fn)))(*args)
+    solo = jax.jit(fn)
+    for i in range(2):
+        for j in range(2):
+            want = solo(*member(member(args, i), j))
+            assert_trees_close(jax.tree.map(lambda leaf: leaf[i, j], got), want)
+
+
+@pytest.mark.parametrize("shared", ["xs", "kernel", "bias", "carry"])
+def test_vmapped_kernel_with_an_operand_shared_by_the_members(shared):
+    """An unbatched operand (in_axes None) is broadcast to the members: each member's values
+    and gradients are still its own call's."""
+    kernel_on()
+    names = ("carry", "xs", "kernel", "bias")
+    in_axes = tuple(None if name == shared else 0 for name in names)
+    args = member_args((3,))
+    args = [member([arg], 0)[0] if axis is None else arg for arg, axis in zip(args, in_axes)]
+    fn = member_value_and_grads(jnp.tanh)
+    got = jax.jit(jax.vmap(fn, in_axes=in_axes))(*args)
+    assert_trees_close(got, each_alone(jax.jit(fn), args, 3, in_axes))
+
+
+def test_gradient_of_a_shared_kernel_is_the_sum_over_members():
+    """Differentiating the population's total loss w.r.t. a kernel the members share."""
+    kernel_on()
+    carry, xs, kernel, bias = member_args((3,))
+    kernel = kernel[0]
+    loss = partial(member_loss, jnp.tanh)
+
+    def population_loss(kernel):
+        return jnp.sum(jax.vmap(loss, in_axes=(0, 0, None, 0))(carry, xs, kernel, bias))
+
+    got = jax.jit(jax.grad(population_loss))(kernel)
+    each = each_alone(jax.jit(jax.grad(loss, argnums=2)), (carry, xs, kernel, bias), 3,
+                      (0, 0, None, 0))
+    np.testing.assert_allclose(got, jnp.sum(each, axis=0), rtol=1e-5, atol=1e-5)
+
+
+def population_step(model: Recurrent, members: int = 3) -> str:
+    """The StableHLO of one gradient step of `members` copies of `model` under jax.vmap,
+    exported for the CPU, as bench's population program vmaps the model."""
+    graphdef, state = nnx.split(model)
+    states = jax.tree.map(lambda leaf: jnp.stack([leaf] * members), state)
+    xs = jnp.stack([images(seed=seed) for seed in range(members)])
+
+    def loss(state, x):
+        return jnp.sum(nnx.merge(graphdef, state)(x))
+
+    allowed = [jax.export.DisabledSafetyCheck.custom_call(t) for t in KERNEL_TARGETS]
+    exported = jax.export.export(jax.jit(jax.vmap(jax.grad(loss))), platforms=["cpu"],
+                                 disabled_checks=allowed)(states, xs)
+    return exported.mlir_module()
+
+
+def test_vmapped_model_calls_the_kernel_once_per_pass_not_in_a_loop(monkeypatch):
+    """One forward and one backward call for the whole population, no loop over members."""
+    kernel_on()
+    text = population_step(tiny("recurrent", jax.nn.relu))
+    for target in KERNEL_TARGETS:
+        assert text.count(f"stablehlo.custom_call @{target}(") == 1, target
+    assert "stablehlo.while" not in text
+    # What it replaced, to show the check would see it: XLA looped over the members.
+    monkeypatch.setattr(fused_lstm, "_VMAP_METHOD", "sequential")
+    assert "stablehlo.while" in population_step(tiny("recurrent", jax.nn.relu))
+
+
+def test_vmapped_model_matches_xla_loop():
+    """A population of 3 tiny LSTM models, each with its own weights and batch: the kernel's
+    losses and gradients are XLA's loop's."""
+    kernel_on()
+    models = [tiny("recurrent", jnp.tanh, seed=seed) for seed in range(3)]
+    graphdef, _ = nnx.split(models[0])
+    states = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(m)[1] for m in models))
+    xs = jnp.stack([images(seed=seed) * 4.0 - 2.0 for seed in range(3)])
+    weights = normal((xs.shape[1], 10), 7)
+
+    def run(fused: bool):
+        def loss(state, x):
+            model = nnx.merge(graphdef, state)
+            model.fused_kernel = fused
+            return jnp.sum(model(x) * weights)
+
+        return jax.jit(jax.vmap(jax.value_and_grad(loss, argnums=(0, 1))))(states, xs)
+
+    got, want = run(True), run(False)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 # ---- the guards: build record, operand checks, smoke call, OpenBLAS -------------------------
 
 def test_build_record_describes_the_installed_kernel():
@@ -293,11 +474,13 @@ def backward_shapes(steps=2, batch=2, features=3, units=4) -> dict[str, tuple[in
             "d_kernel": (units + features, 4 * units), "d_bias": (4 * units,)}
 
 
-def call_target(target: str, changes: dict[str, tuple[int, ...]], **attributes) -> list:
-    """Calls the kernel's target directly, with the operands' and results' shapes changed."""
+def call_target(target: str, changes: dict[str, tuple[int, ...]], lead: tuple[int, ...] = (),
+                **attributes) -> list:
+    """Calls the kernel's target directly, with the operands' and results' shapes changed;
+    `lead`: the population's leading axes in front of every shape (before the changes)."""
     shapes, arguments = ((forward_shapes(), 5) if target == "bench_lstm_forward"
                          else (backward_shapes(), 7))
-    shapes = list({**shapes, **changes}.values())
+    shapes = list({**{name: lead + shape for name, shape in shapes.items()}, **changes}.values())
     operands = [jnp.full(shape, 0.5, jnp.float32) for shape in shapes[:arguments]]
     results = [jax.ShapeDtypeStruct(shape, jnp.float32) for shape in shapes[arguments:]]
     call = jax.ffi.ffi_call(target, results)
@@ -321,15 +504,49 @@ WRONG_SHAPES = {  # target, the operand or result changed, its shape, the kernel
 }
 
 
-@pytest.mark.parametrize("case", list(WRONG_SHAPES))
+# With a population (leading axes (3,)): every operand and result must have the same ones.
+POPULATION_WRONG_SHAPES = {
+    "kernel members": ("forward", "kernel", (2, 7, 16),
+                       "kernel must be (3, 7, 16), got (2, 7, 16)"),
+    "bias without members": ("forward", "bias", (16,), "bias must be (3, 16), got (16)"),
+    "h0 rank": ("forward", "h0", (2, 4), "h0 must be (3, batch, units), got (2, 4)"),
+    "result hx members": ("forward", "hx", (1, 2, 2, 7),
+                          "hx must be (3, 2, 2, 7), got (1, 2, 2, 7)"),
+    "result cs unbatched": ("forward", "cs", (2, 2, 4), "cs must be (3, 2, 2, 4), got (2, 2, 4)"),
+    "kernel rank": ("backward", "kernel", (7, 16),
+                    "kernel must be (3, units + features, 4 * units), got (7, 16)"),
+    "c0 members": ("backward", "c0", (4, 2, 4), "c0 must be (3, 2, 4), got (4, 2, 4)"),
+    "result d_bias": ("backward", "d_bias", (16,), "d_bias must be (3, 16), got (16)"),
+    "result d_kernel": ("backward", "d_kernel", (3, 1, 7, 16),
+                        "d_kernel must be (3, 7, 16), got (3, 1, 7, 16)"),
+}
+
+
+# Each case with the leading axes its shapes have.
+SHAPE_CASES = {**{name: ((), case) for name, case in WRONG_SHAPES.items()},
+               **{f"population {name}": ((3,), case)
+                  for name, case in POPULATION_WRONG_SHAPES.items()}}
+
+
+@pytest.mark.parametrize("case", list(SHAPE_CASES))
 def test_kernel_refuses_wrong_shapes_with_an_exception(case):
     kernel_on()
-    direction, operand, shape, message = WRONG_SHAPES[case]
+    lead, (direction, operand, shape, message) = SHAPE_CASES[case]
     target = f"bench_lstm_{direction}"
     attributes = {"activation": np.int64(3)} if direction == "forward" else {}
-    call_target(target, {}, **attributes)  # the same call with the right shapes runs
+    call_target(target, {}, lead, **attributes)  # the same call with the right shapes runs
     with pytest.raises(jax.errors.JaxRuntimeError, match=re.escape(f"{target}: {message}")):
-        call_target(target, {operand: shape}, **attributes)
+        call_target(target, {operand: shape}, lead, **attributes)
+
+
+@pytest.mark.parametrize("lead", [(2, 3), (0,), (3, 0)], ids=["nested", "no member", "empty"])
+def test_kernel_takes_any_leading_axes(lead):
+    """Nested vmaps give several leading axes; a population may be empty."""
+    kernel_on()
+    results = call_target("bench_lstm_forward", {}, lead=lead, activation=np.int64(3))
+    assert [r.shape[:len(lead)] for r in results] == [lead] * len(results)
+    results = call_target("bench_lstm_backward", {}, lead=lead)
+    assert [r.shape[:len(lead)] for r in results] == [lead] * len(results)
 
 
 def test_kernel_refuses_an_unknown_activation():

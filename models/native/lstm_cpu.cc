@@ -11,6 +11,17 @@
 // columns i, f, g, o; bias (4H). Residuals for the backward pass: hx (T, B, H + F), the
 // step's [h_{t-1}, x_t]; coefs (T, B, 6H), see `Coef`; cs (T, B, H), the cells.
 //
+// Populations: under jax.vmap (vmap_method="broadcast_all") every operand and result comes
+// with the same leading dimensions, one per vmap, in front of those layouts: xs (P..., T, B,
+// F), kernel (P..., H + F, 4H) and so on. Each handler runs the LSTM once per member of the
+// flattened leading dimensions, on that member's slices. Without leading dimensions it is the
+// single LSTM it always was, its products on OpenBLAS's threads. With two members or more
+// and more than one thread allowed (OpenBLAS's thread count, which models/fused_lstm.py caps
+// to XLA's), the members are spread over that many threads instead, each member's products
+// on its own thread: per step a member's product is small and its elementwise pass runs on
+// one thread, so whole members in parallel beat members in turn with products split over
+// the threads (see `for_each_member`).
+//
 // XLA hands the handlers whatever shapes the caller declared, so each handler checks every
 // operand's shape before touching memory (an error reaches Python as an exception). A
 // zero-length sequence returns the initial carry, as XLA's loop does.
@@ -18,17 +29,30 @@
 #include <cblas.h>  // scipy-openblas32: its symbols carry the prefix scipy_
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <initializer_list>
 #include <limits>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "xla/ffi/api/ffi.h"
 
 namespace ffi = xla::ffi;
+
+// Weak: an OpenBLAS without it (older than the batch interface) leaves it null, and a
+// population's members then run one after another (`member_threads`).
+extern "C" __attribute__((weak)) void scipy_cblas_sgemm_batch_strided(
+    OPENBLAS_CONST enum CBLAS_ORDER, OPENBLAS_CONST enum CBLAS_TRANSPOSE,
+    OPENBLAS_CONST enum CBLAS_TRANSPOSE, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST blasint, OPENBLAS_CONST float, OPENBLAS_CONST float*, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST blasint, OPENBLAS_CONST float*, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST float, float*, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST blasint);
 
 namespace {
 
@@ -164,6 +188,31 @@ struct Mish {  // x tanh(softplus(x)); with u = e^x, tanh(softplus(x)) = (u^2 + 
   }
 };
 
+// ---- matrix products ------------------------------------------------------------------
+
+// C = op(A) op(B) + beta C, row-major (sizes checked by check_sizes to fit the 32-bit BLAS).
+struct Gemm {
+  // On the calling thread only, for a thread that runs one population member while others
+  // run the rest: as a batch of one product. OpenBLAS computes each product of a batch on a
+  // single thread and a batch of one on the caller's (driver/level3/gemm_batch_thread.c),
+  // whereas plain sgemms from several threads at once would queue for OpenBLAS's threads.
+  // False: a plain sgemm, split over OpenBLAS's threads.
+  bool alone = false;
+
+  void operator()(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc) const {
+    // No element of C: nothing to compute, and not left to OpenBLAS's batch code, whose
+    // source skips filling in such a product's entry but still runs the batch.
+    if (m == 0 || n == 0) return;
+    if (alone)
+      scipy_cblas_sgemm_batch_strided(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, 0, b, ldb, 0,
+                                      beta, c, ldc, 0, 1);
+    else
+      scipy_cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+
 // ---- the time loop --------------------------------------------------------------------
 
 struct Shape {
@@ -179,9 +228,9 @@ enum Coef { kDzI, kDzF, kDzG, kDzO, kDcFromDh, kForget, kCoefs };
 //   d z_o = dh * act(c) o (1 - o)     dc = dc_next + dh * o act'(c)     dc_prev = dc * f
 
 template <class Act>
-void forward(const Shape& s, const float* xs, const float* kernel, const float* bias,
-             const float* h0, const float* c0, float* hx, float* coefs, float* cs,
-             float* h_last, float* c_last) {
+void forward(const Gemm& gemm, const Shape& s, const float* xs, const float* kernel,
+             const float* bias, const float* h0, const float* c0, float* hx, float* coefs,
+             float* cs, float* h_last, float* c_last) {
   const int64_t B = s.B, H = s.H, F = s.F, K = s.K(), G = s.G();
   std::vector<float> z(B * G);
   for (int64_t r = 0; r < B; ++r) std::memcpy(hx + r * K, h0 + r * H, H * sizeof(float));
@@ -191,8 +240,7 @@ void forward(const Shape& s, const float* xs, const float* kernel, const float* 
       std::memcpy(hx_t + r * K + H, xs + (t * B + r) * F, F * sizeof(float));
       std::memcpy(z.data() + r * G, bias, G * sizeof(float));
     }
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasNoTrans, B, G, K, 1.0f, hx_t, K, kernel,
-                      G, 1.0f, z.data(), G);
+    gemm(CblasNoTrans, CblasNoTrans, B, G, K, hx_t, K, kernel, G, 1.0f, z.data(), G);
     const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
     const bool last = t == s.T - 1;
     for (int64_t r = 0; r < B; ++r) {
@@ -223,8 +271,8 @@ void forward(const Shape& s, const float* xs, const float* kernel, const float* 
 }
 
 // d_h, d_c: the loss gradient w.r.t. the last carry on entry, w.r.t. the first on exit.
-void backward(const Shape& s, const float* kernel, const float* c0, const float* coefs,
-              const float* cs, float* d_h, float* d_c, float* d_z) {
+void backward(const Gemm& gemm, const Shape& s, const float* kernel, const float* c0,
+              const float* coefs, const float* cs, float* d_h, float* d_c, float* d_z) {
   const int64_t B = s.B, H = s.H, G = s.G();
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
@@ -246,20 +294,18 @@ void backward(const Shape& s, const float* kernel, const float* c0, const float*
       }
     }
     // d h_{t-1} = d z_t @ kernel[:H].T
-    scipy_cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, B, H, G, 1.0f, dz_t, G, kernel, G,
-                      0.0f, d_h, H);
+    gemm(CblasNoTrans, CblasTrans, B, H, G, dz_t, G, kernel, G, 0.0f, d_h, H);
   }
 }
 
 // d kernel = sum over t of [h_{t-1}, x_t]^T d z_t, as one product; d bias = sum of d z.
-void kernel_gradient(const Shape& s, const float* hx, const float* d_z, float* d_kernel,
-                     float* d_bias) {
+void kernel_gradient(const Gemm& gemm, const Shape& s, const float* hx, const float* d_z,
+                     float* d_kernel, float* d_bias) {
   const int64_t rows = s.T * s.B, K = s.K(), G = s.G();
   if (rows == 0) {  // nothing to sum; not left to how a BLAS treats an empty inner dimension
     std::memset(d_kernel, 0, K * G * sizeof(float));
   } else {
-    scipy_cblas_sgemm(CblasRowMajor, CblasTrans, CblasNoTrans, K, G, rows, 1.0f, hx, K, d_z, G,
-                      0.0f, d_kernel, G);
+    gemm(CblasTrans, CblasNoTrans, K, G, rows, hx, K, d_z, G, 0.0f, d_kernel, G);
   }
   std::memset(d_bias, 0, G * sizeof(float));
   for (int64_t r = 0; r < rows; ++r) {
@@ -303,11 +349,44 @@ std::string shape_text(const Ints& dims) {
   return text + ")";
 }
 
-// An error naming `operand` unless its dimensions are `want`.
-ffi::Error expect(const char* operand, Dims got, std::initializer_list<int64_t> want) {
-  if (got.size() == want.size() && std::equal(want.begin(), want.end(), got.begin()))
+// The population's leading dimensions (none outside jax.vmap), shared by every operand and
+// result of one call, and the number of members they hold.
+struct Population {
+  std::vector<int64_t> dims;
+  int64_t members = 1;
+
+  // The leading dimensions of `operand`, which has `rank` dimensions per member.
+  static Population of(Dims operand, size_t rank) {
+    Population p;
+    p.dims.assign(operand.begin(), operand.end() - rank);  // callers check size() >= rank
+    for (int64_t n : p.dims) p.members = n == 0 || p.members == 0 ? 0 : p.members * n;
+    return p;
+  }
+
+  // `per_member` (names of a member's dimensions) behind the leading dimensions, for errors.
+  std::string text(const char* per_member) const {
+    std::string lead = shape_text(dims);
+    lead.pop_back();
+    return lead + (dims.empty() ? "" : ", ") + per_member + ")";
+  }
+};
+
+// An error naming `operand` unless its dimensions are the population's, then `want`.
+ffi::Error expect(const char* operand, Dims got, const Population& p,
+                  std::initializer_list<int64_t> want) {
+  std::vector<int64_t> full(p.dims);
+  full.insert(full.end(), want.begin(), want.end());
+  if (got.size() == full.size() && std::equal(full.begin(), full.end(), got.begin()))
     return ffi::Error::Success();
-  return ffi::Error::InvalidArgument(std::string(operand) + " must be " + shape_text(want) +
+  return ffi::Error::InvalidArgument(std::string(operand) + " must be " + shape_text(full) +
+                                     ", got " + shape_text(got));
+}
+
+// An error naming `operand` unless it has the population's dimensions and `rank` more.
+ffi::Error expect_rank(const char* operand, Dims got, const Population& p, size_t rank,
+                       const char* per_member) {
+  if (got.size() == p.dims.size() + rank) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(operand) + " must be " + p.text(per_member) +
                                      ", got " + shape_text(got));
 }
 
@@ -340,85 +419,160 @@ void copy_floats(float* to, const float* from, int64_t count) {
   if (count > 0) std::memcpy(to, from, count * sizeof(float));  // an empty buffer may be null
 }
 
+// ---- a population's members ------------------------------------------------------------
+
+// The threads that run a population of `members`: one for a single member (its products
+// then use OpenBLAS's threads) or where only one thread is allowed; else one per member up
+// to OpenBLAS's thread count, which models/fused_lstm.py caps to the cores XLA runs on.
+// Measured with bench's LSTM 128 (batch 128) on 2 cores, 4 members: 43 ms a training step
+// spread over 2 threads, 58 ms one after another with 2-thread products.
+int64_t member_threads(int64_t members) {
+  if (members < 2 || scipy_cblas_sgemm_batch_strided == nullptr) return 1;
+  return std::min<int64_t>(members, std::max(1, scipy_openblas_get_num_threads()));
+}
+
+// Runs `run(member, gemm)` for members 0 .. members - 1 on `threads` threads, this one
+// included; each thread takes the next member not yet taken until none is left, and the
+// members write disjoint slices. An exception (std::bad_alloc from a member's scratch) must
+// not leave a thread, which would end the process: it becomes the handler's error, once
+// every thread is done.
+template <class Run>
+ffi::Error for_each_member(const char* handler, int64_t members, int64_t threads,
+                           const Run& run) {
+  const Gemm gemm{threads > 1};
+  std::atomic<int64_t> next{0};
+  std::vector<std::exception_ptr> errors(threads);  // one slot per thread: no lock
+  auto work = [&](int64_t thread) noexcept {
+    for (int64_t m; (m = next.fetch_add(1)) < members;) {
+      try {
+        run(m, gemm);
+      } catch (...) {
+        errors[thread] = std::current_exception();
+        next.store(members);  // start no other member
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  try {
+    helpers.reserve(threads - 1);
+    for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work, t);
+  } catch (...) {  // no more threads to be had: those started take the remaining members
+  }
+  work(0);
+  for (std::thread& helper : helpers) helper.join();
+  for (const std::exception_ptr& error : errors) {
+    if (!error) continue;
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    return ffi::Error::Internal(std::string(handler) + ": " + what);
+  }
+  return ffi::Error::Success();
+}
+
 // ---- the handlers ---------------------------------------------------------------------
 
 ffi::Error check_forward(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, F32Out h_last,
-                         F32Out c_last, F32Out hx, F32Out coefs, F32Out cs, Shape& s) {
+                         F32Out c_last, F32Out hx, F32Out coefs, F32Out cs, Shape& s,
+                         Population& p) {
   Dims d = xs.dimensions(), carry = h0.dimensions();
-  if (d.size() != 3)
+  if (d.size() < 3)
     return ffi::Error::InvalidArgument("xs must be (time, batch, features), got " + shape_text(d));
-  if (carry.size() != 2)
-    return ffi::Error::InvalidArgument("h0 must be (batch, units), got " + shape_text(carry));
-  s = Shape{d[0], d[1], d[2], carry[1]};
+  p = Population::of(d, 3);
+  if (auto error = expect_rank("h0", carry, p, 2, "batch, units"); error.failure()) return error;
+  const size_t L = p.dims.size();
+  s = Shape{d[L], d[L + 1], d[L + 2], carry[L + 1]};
   const int64_t T = s.T, B = s.B, H = s.H;
   return first_error({
-      check_sizes(s), expect("kernel", kernel.dimensions(), {s.K(), s.G()}),
-      expect("bias", bias.dimensions(), {s.G()}), expect("h0", carry, {B, H}),
-      expect("c0", c0.dimensions(), {B, H}), expect("h_last", h_last->dimensions(), {B, H}),
-      expect("c_last", c_last->dimensions(), {B, H}),
-      expect("hx", hx->dimensions(), {T, B, s.K()}),
-      expect("coefs", coefs->dimensions(), {T, B, kCoefs * H}),
-      expect("cs", cs->dimensions(), {T, B, H})});
+      check_sizes(s), expect("kernel", kernel.dimensions(), p, {s.K(), s.G()}),
+      expect("bias", bias.dimensions(), p, {s.G()}), expect("h0", carry, p, {B, H}),
+      expect("c0", c0.dimensions(), p, {B, H}),
+      expect("h_last", h_last->dimensions(), p, {B, H}),
+      expect("c_last", c_last->dimensions(), p, {B, H}),
+      expect("hx", hx->dimensions(), p, {T, B, s.K()}),
+      expect("coefs", coefs->dimensions(), p, {T, B, kCoefs * H}),
+      expect("cs", cs->dimensions(), p, {T, B, H})});
 }
 
 ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t activation,
                        F32Out h_last, F32Out c_last, F32Out hx, F32Out coefs, F32Out cs) {
   Shape s{};
-  if (auto error = check_forward(xs, kernel, bias, h0, c0, h_last, c_last, hx, coefs, cs, s);
+  Population p;
+  if (auto error = check_forward(xs, kernel, bias, h0, c0, h_last, c_last, hx, coefs, cs, s, p);
       error.failure())
     return in("bench_lstm_forward", error);
   if (activation < 0 || activation >= kActivations)
     return ffi::Error::InvalidArgument("bench_lstm_forward: unknown activation id " +
                                        std::to_string(activation));
-  if (s.T == 0 || s.B == 0) {  // no step: the carry passes through, residuals are empty
-    copy_floats(h_last->typed_data(), h0.typed_data(), s.B * s.H);
-    copy_floats(c_last->typed_data(), c0.typed_data(), s.B * s.H);
+  const int64_t T = s.T, B = s.B, H = s.H, K = s.K(), G = s.G();
+  if (T == 0 || B == 0) {  // no step: the carry passes through, residuals are empty
+    copy_floats(h_last->typed_data(), h0.typed_data(), p.members * B * H);
+    copy_floats(c_last->typed_data(), c0.typed_data(), p.members * B * H);
     return ffi::Error::Success();
   }
-  forward_with(activation, s, xs.typed_data(), kernel.typed_data(), bias.typed_data(),
-               h0.typed_data(), c0.typed_data(), hx->typed_data(), coefs->typed_data(),
-               cs->typed_data(), h_last->typed_data(), c_last->typed_data());
-  return ffi::Error::Success();
+  auto run = [&](int64_t m, const Gemm& gemm) {  // member m's slice of every operand and result
+    forward_with(activation, gemm, s, xs.typed_data() + m * T * B * s.F,
+                 kernel.typed_data() + m * K * G, bias.typed_data() + m * G,
+                 h0.typed_data() + m * B * H, c0.typed_data() + m * B * H,
+                 hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * kCoefs * H,
+                 cs->typed_data() + m * T * B * H, h_last->typed_data() + m * B * H,
+                 c_last->typed_data() + m * B * H);
+  };
+  return for_each_member("bench_lstm_forward", p.members, member_threads(p.members), run);
 }
 
 ffi::Error check_backward(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
                           F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
-                          F32Out d_bias, Shape& s) {
+                          F32Out d_bias, Shape& s, Population& p) {
   Dims k = kernel.dimensions(), d = cs.dimensions();
-  if (k.size() != 2)
-    return ffi::Error::InvalidArgument("kernel must be (units + features, 4 * units), got " +
-                                       shape_text(k));
-  if (d.size() != 3)
+  if (d.size() < 3)
     return ffi::Error::InvalidArgument("cs must be (time, batch, units), got " + shape_text(d));
-  s = Shape{d[0], d[1], k[0] - d[2], d[2]};
+  p = Population::of(d, 3);
+  if (auto error = expect_rank("kernel", k, p, 2, "units + features, 4 * units");
+      error.failure())
+    return error;
+  const size_t L = p.dims.size();
+  s = Shape{d[L], d[L + 1], k[L] - d[L + 2], d[L + 2]};
   const int64_t T = s.T, B = s.B, H = s.H;
   return first_error({
-      check_sizes(s), expect("kernel", k, {s.K(), s.G()}), expect("c0", c0.dimensions(), {B, H}),
-      expect("coefs", coefs.dimensions(), {T, B, kCoefs * H}),
-      expect("d_h_last", d_h_last.dimensions(), {B, H}),
-      expect("d_c_last", d_c_last.dimensions(), {B, H}),
-      expect("hx", hx.dimensions(), {T, B, s.K()}),
-      expect("d_z", d_z->dimensions(), {T, B, s.G()}),
-      expect("d_h0", d_h0->dimensions(), {B, H}), expect("d_c0", d_c0->dimensions(), {B, H}),
-      expect("d_kernel", d_kernel->dimensions(), {s.K(), s.G()}),
-      expect("d_bias", d_bias->dimensions(), {s.G()})});
+      check_sizes(s), expect("kernel", k, p, {s.K(), s.G()}),
+      expect("c0", c0.dimensions(), p, {B, H}),
+      expect("coefs", coefs.dimensions(), p, {T, B, kCoefs * H}),
+      expect("d_h_last", d_h_last.dimensions(), p, {B, H}),
+      expect("d_c_last", d_c_last.dimensions(), p, {B, H}),
+      expect("hx", hx.dimensions(), p, {T, B, s.K()}),
+      expect("d_z", d_z->dimensions(), p, {T, B, s.G()}),
+      expect("d_h0", d_h0->dimensions(), p, {B, H}),
+      expect("d_c0", d_c0->dimensions(), p, {B, H}),
+      expect("d_kernel", d_kernel->dimensions(), p, {s.K(), s.G()}),
+      expect("d_bias", d_bias->dimensions(), p, {s.G()})});
 }
 
 ffi::Error BackwardImpl(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
                         F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
                         F32Out d_bias) {
   Shape s{};
+  Population p;
   if (auto error = check_backward(kernel, c0, coefs, cs, d_h_last, d_c_last, hx, d_z, d_h0, d_c0,
-                                  d_kernel, d_bias, s);
+                                  d_kernel, d_bias, s, p);
       error.failure())
     return in("bench_lstm_backward", error);
-  copy_floats(d_h0->typed_data(), d_h_last.typed_data(), s.B * s.H);
-  copy_floats(d_c0->typed_data(), d_c_last.typed_data(), s.B * s.H);
-  backward(s, kernel.typed_data(), c0.typed_data(), coefs.typed_data(), cs.typed_data(),
-           d_h0->typed_data(), d_c0->typed_data(), d_z->typed_data());
-  kernel_gradient(s, hx.typed_data(), d_z->typed_data(), d_kernel->typed_data(),
-                  d_bias->typed_data());
-  return ffi::Error::Success();
+  const int64_t T = s.T, B = s.B, H = s.H, K = s.K(), G = s.G();
+  copy_floats(d_h0->typed_data(), d_h_last.typed_data(), p.members * B * H);
+  copy_floats(d_c0->typed_data(), d_c_last.typed_data(), p.members * B * H);
+  auto run = [&](int64_t m, const Gemm& gemm) {  // member m's slice of every operand and result
+    float* d_z_m = d_z->typed_data() + m * T * B * G;
+    backward(gemm, s, kernel.typed_data() + m * K * G, c0.typed_data() + m * B * H,
+             coefs.typed_data() + m * T * B * kCoefs * H, cs.typed_data() + m * T * B * H,
+             d_h0->typed_data() + m * B * H, d_c0->typed_data() + m * B * H, d_z_m);
+    kernel_gradient(gemm, s, hx.typed_data() + m * T * B * K, d_z_m,
+                    d_kernel->typed_data() + m * K * G, d_bias->typed_data() + m * G);
+  };
+  return for_each_member("bench_lstm_backward", p.members, member_threads(p.members), run);
 }
 
 }  // namespace
