@@ -187,8 +187,8 @@ class BuildWithHeaders(build_ext):
         }
 
 
-# Full-width AVX-512 loops where the CPU has them: 5% off the LSTM 128 step (11.8 against
-# 12.5 ms, `python benchmarks/profile_step.py --model recurrent`); an x86-only flag.
+# Full-width AVX-512 loops where the CPU has them: they shorten the LSTM step
+# (docs/measurements.md, "Design measurements cited from the code"); an x86-only flag.
 _X86_ONLY = ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else []
 
 FUSED_LSTM = Extension(

@@ -1,10 +1,10 @@
 """The LSTM time loop as one compiled CPU kernel (models/native/lstm_cpu.cc), through the XLA FFI.
 
 Why: XLA:CPU runs each LSTM time step as ~30 small kernels, and their launch and
-thread hand-off costs left bench's LSTM 128 at 1.6x PyTorch's epoch time (PyTorch runs
-one oneDNN kernel per sequence). The fused kernel does the forward pass in one call and
-the backward pass in another, with OpenBLAS (the scipy-openblas32 wheel) for the
-matrix products. README, "Measured", gives the figures and commands.
+thread hand-off costs left bench's LSTM well behind PyTorch's, which runs one oneDNN
+kernel per sequence. The fused kernel does the forward pass in one call and the
+backward pass in another, with OpenBLAS (the scipy-openblas32 wheel) for the matrix
+products. docs/measurements.md gives the figures and commands.
 
 The kernel is built by `pip install` (setup.py) and is optional: where it is missing,
 on other platforms than CPU, for activations it does not implement, when FLOPs are
@@ -24,9 +24,9 @@ axis itself: both calls use vmap_method="broadcast_all", so each pass stays one 
 receives every operand with the vmapped axes in front (an unbatched one broadcast to them;
 nested vmaps add one axis each) and runs the members inside, spread over up to
 `blas_threads()` threads, each member's matrix products on its own thread. With
-vmap_method="sequential", XLA looped over the members around one call each: a population
-of 4 LSTM 128 (2 cores) took 6.0 s an epoch against 4.0 s for its members one at a time;
-with the population axis in the kernel it takes 3.35 s.
+vmap_method="sequential", XLA looped over the members around one call each, and a
+population trained slower than its members one at a time; with the population axis in the
+kernel it trains faster (docs/measurements.md, "Populations").
 """
 
 from __future__ import annotations

@@ -424,8 +424,8 @@ void copy_floats(float* to, const float* from, int64_t count) {
 // The threads that run a population of `members`: one for a single member (its products
 // then use OpenBLAS's threads) or where only one thread is allowed; else one per member up
 // to OpenBLAS's thread count, which models/fused_lstm.py caps to the cores XLA runs on.
-// Measured with bench's LSTM 128 (batch 128) on 2 cores, 4 members: 43 ms a training step
-// spread over 2 threads, 58 ms one after another with 2-thread products.
+// Spreading members over threads measured faster than running them one after another with
+// multithreaded products (docs/measurements.md, "Populations").
 int64_t member_threads(int64_t members) {
   if (members < 2 || scipy_cblas_sgemm_batch_strided == nullptr) return 1;
   return std::min<int64_t>(members, std::max(1, scipy_openblas_get_num_threads()));
