@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from bench.schema import AXES, SpecError, TrialConfig
@@ -58,22 +58,25 @@ def parse_population(value) -> str | int:
     raise SpecError(f"population: {value!r} is not auto, off or a positive integer")
 
 
-def plan_units(configs: Iterable[TrialConfig], population: str | int, cap: int) -> list[Unit]:
+def plan_units(configs: Iterable[TrialConfig], population: str | int,
+               cap: int | Callable[[TrialConfig], int]) -> list[Unit]:
     """The work units of `configs`, in order of each group's first trial.
 
     `population` 'off' gives one unit per trial, trained alone; 'auto' groups up to
-    `cap` members (the platform's limit); an integer N up to min(N, cap). A group
-    larger than that is split into near-equal populations; a group of one trains alone.
+    `cap` members (the platform's limit, or a function of the group's first config); an
+    integer N up to N. A group larger than that is split into near-equal populations; a
+    group of one trains alone.
     """
     configs = list(configs)
     if population == OFF:
         return [Unit(group_id(c), (c,), alone=True) for c in configs]
-    size = cap if population == AUTO else min(int(population), cap)
+    cap_of = cap if callable(cap) else (lambda _: cap)
     groups: dict[tuple, list[TrialConfig]] = {}
     for config in configs:
         groups.setdefault(group_of(config), []).append(config)
     units = []
     for members in groups.values():
+        size = cap_of(members[0]) if population == AUTO else int(population)
         for chunk in split_evenly(members, size):
             units.append(Unit(group_id(chunk[0]), tuple(chunk), alone=len(chunk) == 1))
     return units

@@ -256,11 +256,23 @@ class _Population:
     def _finish(self, records: list[Record]) -> None:
         """Each member's population figures: the shared ones, its index, its clock's
         time to accuracy, and the group's speed-up over training one at a time."""
-        shared = dict(self.shared, speedup=self._speedup(records))
+        shared = dict(self.shared, speedup=self._speedup(records), **self._throughput(records))
         for index, record in enumerate(records):
             clock = [{**h, "epoch_s": h["population_epoch_s"]} for h in record.history]
             tta = time_to_accuracy(clock, self.protocol.targets, shared["compile_s"])
             record.population = {**shared, "index": index, "time_to_accuracy": tta}
+
+    def _throughput(self, records: list[Record]) -> dict:
+        """The population's FLOP/s over its steady epochs, and their share of the peak of
+        every device it ran on (the calibrated peak is one device's)."""
+        flops = records[0].flops_per_step
+        if not (flops and self.shared.get("steady_epoch_s")):
+            return {}
+        steps = records[0].steps_per_epoch * self.unit.size
+        achieved = round(flops * steps / self.shared["steady_epoch_s"], 1)
+        peak = self.peak_flops * self.shared["devices"] if self.peak_flops else None
+        return {"achieved_flops": achieved,
+                "peak_fraction": round(achieved / peak, 4) if peak else None}
 
     def _speedup(self, records: list[Record]) -> float | None:
         """The members' own epoch times (steps x their median step time, from the timed

@@ -77,13 +77,14 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
         _check_same_data(previous, dataset.describe(), run_dir)
     peak = calibration(device, use_cache=not options.recalibrate)
     header = _header(previous, sweep, run_dir, device, dataset, peak, options, argv)
-    header["devices"] = [str(d) for d in device_list]
-    header["population"] = options.population
+    # How this invocation trains: a resumed run may change it (records say how each trained).
+    how = {"population": options.population, "devices": [str(d) for d in device_list]}
+    (header if previous is None else header["resumed"][-1]).update(how)
     results.write_header(run_dir, header)
     failed = {r.key for r in done if r.status == "failed"}
     finished = {r.key for r in done} - (failed if options.retry_failed else set())
     todo = [t for t in sweep.trials if t.key not in finished]
-    units = plan_units(todo, options.population, POPULATION_CAP.get(device.platform, 64))
+    units = plan_units(todo, options.population, lambda c: auto_cap(device.platform, c.model))
     _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed),
               units=units)
 
@@ -102,9 +103,21 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     return _finish(run_dir, header, len(sweep.trials), interrupted)
 
 
-# The largest population `--population auto` makes: on CPU the members' steps run one core
-# set's worth at a time, so beyond this compile savings no longer grow; accelerators take more.
+# The largest population `--population auto` makes (it also splits what would not fit in
+# memory): on CPU the members' steps share the same cores, so beyond this the compile
+# savings no longer grow; accelerators take more.
 POPULATION_CAP = {"cpu": 64, "gpu": 1024, "tpu": 1024}
+# Families that `auto` trains alone on a platform, because there a population of them trained
+# slower than its members one at a time (docs/measurements.md, "Populations": conv 32 on a
+# 2-core CPU, 0.88x the whole sweep's speed at 16 members, parity at 4).
+ALONE_BY_DEFAULT = {("cpu", "conv")}
+
+
+def auto_cap(platform: str, family: str) -> int:
+    """The largest population `--population auto` makes of `family` on `platform`."""
+    if (platform, family) in ALONE_BY_DEFAULT:
+        return 1
+    return POPULATION_CAP.get(platform, 64)
 
 
 def _previous_header(run_dir: Path) -> dict | None:
@@ -184,7 +197,8 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
     if header["device"]["platform"] == "cpu" and any(_is_lstm(t) for t in sweep.trials):
         console.print(f"LSTM time loop: fused CPU kernel {fused_lstm.status()}")
-    console.print(f"populations ({header['population']}): {_units_line(units)}")
+    population = (header.get("resumed") or [header])[-1].get("population")
+    console.print(f"populations ({population}): {_units_line(units)}")
 
 
 def _units_line(units: list[Unit]) -> str:

@@ -365,3 +365,14 @@ def test_free_bytes_of_a_device(stats, expected):
             return stats
     free = costs.free_bytes(Device())
     assert free == expected if expected != "host" else free > 0
+
+
+def test_auto_trains_conv_alone_on_cpu_and_populations_elsewhere():
+    """The measured choice (docs/measurements.md): conv populations were slower on CPU."""
+    from bench.runner import auto_cap
+    conv, dense = lr_sweep(3, model="conv", units=2), lr_sweep(3)
+    units = plan_units(conv + dense, "auto", lambda c: auto_cap("cpu", c.model))
+    assert [u.size for u in units] == [1, 1, 1, 3]
+    units = plan_units(conv, "auto", lambda c: auto_cap("gpu", c.model))
+    assert [u.size for u in units] == [3]
+    assert [u.size for u in plan_units(conv, 3, lambda c: auto_cap("cpu", c.model))] == [3]

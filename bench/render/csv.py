@@ -18,7 +18,8 @@ METRIC_COLUMNS = ["key", *SCALAR_FIELDS, *DERIVED]
 TTA_FIELDS = ("epoch", "train_s", "with_compile_s")
 # The population a trial trained in, and the figures its members share (README, "Populations").
 POPULATION_COLUMNS = ("group", "size", "index", "devices", "compile_s", "first_epoch_s",
-                      "steady_epoch_s", "member_samples_per_s", "speedup", "retry")
+                      "steady_epoch_s", "member_samples_per_s", "achieved_flops", "peak_fraction",
+                      "speedup", "retry")
 TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy", "reference_source", "error"]
 # A text cell starting with one of these is a formula to a spreadsheet (an error message
 # such as "=..." or "@..." would run); a leading apostrophe makes it text (OWASP's advice).

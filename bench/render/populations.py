@@ -51,8 +51,9 @@ def populations(runs: list[Run]) -> list[Population]:
 
 CAPTION = ("Trials that differ only in seed, learning rate, L1, L2 and dropout rate were trained "
            "together as one population (one compiled program, the members vmapped, the data "
-           "set shared). Compile s, epoch s and member-samples/s are the population's, shared "
-           "by its members; each member's own ms/step, in the other tables, comes from timed "
+           "set shared). Compile s, epoch s, member-samples/s and % of peak (the population's "
+           "FLOP/s over the calibrated peak of every device it ran on) are the population's, "
+           "shared by its members; each member's own ms/step, in the other tables, comes from timed "
            "rounds it ran alone. Speed-up: the members' own epoch times (steps per epoch x "
            "their median step time), summed, over the population's steady epoch time: an "
            "estimate of how much faster training together was than one trial at a time. Time "
@@ -66,6 +67,7 @@ def _row(p: Population, several_runs: bool) -> list[Cell]:
              number_cell(shared.get("first_epoch_s"), "s"),
              number_cell(shared.get("steady_epoch_s"), "s"),
              number_cell(shared.get("member_samples_per_s"), "rate"),
+             number_cell(shared.get("peak_fraction"), "pct"),
              Cell(f"{shared['speedup']:.2f}×" if shared.get("speedup") else "",
                   shared.get("speedup"))]
     return [text_cell(p.run), *cells] if several_runs else cells
@@ -73,7 +75,7 @@ def _row(p: Population, several_runs: bool) -> list[Cell]:
 
 COLUMNS = [("population (shared configuration)", False), ("members", True), ("devices", True),
            ("compile s", True), ("epoch 1 s", True), ("steady epoch s", True),
-           ("member-samples/s", True), ("speed-up", True)]
+           ("member-samples/s", True), ("% of peak", True), ("speed-up", True)]
 
 
 def populations_table(runs: list[Run]) -> Table | None:
