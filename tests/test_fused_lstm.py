@@ -570,11 +570,17 @@ def test_openblas_threads_are_capped_to_xla_threads():
     assert 1 <= fused_lstm.blas_threads() <= fused_lstm.xla_cpu_threads()
 
 
+# Where the `models` under test was imported from: the checkout, or under tox the installed
+# package (whose kernel tox's build compiled; the checkout's own may not be built at all).
+PACKAGE_ROOT = Path(fused_lstm.__file__).resolve().parents[1]
+
+
 def run_python(code: str, *args: str, **environment: str) -> str:
-    """`code`'s standard output in a fresh interpreter (the kernel's loading is per process)."""
+    """`code`'s standard output in a fresh interpreter (the kernel's loading is per process),
+    importing the same `models` as this process (`python -c` puts its working directory first)."""
     env = {**os.environ, **environment}
     env.pop("OPENBLAS_NUM_THREADS", None)  # OpenBLAS's own default: one thread per core
-    done = subprocess.run([sys.executable, "-c", code, *args], cwd=REPO, env=env,
+    done = subprocess.run([sys.executable, "-c", code, *args], cwd=PACKAGE_ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
     return done.stdout
