@@ -8,6 +8,7 @@
   sections.py   what the report says: summary, leaderboard, pivots, full table, ...
   markdown.py   report.md          html.py   report.html (self-contained)
   csv.py        results.csv        plots.py  matplotlib figures as inline SVG
+  populations.py  the populations' shared figures, one row per population
   comparison.py the tables of `bench compare` (Markdown and rich)
   table.py, terminal.py            the per-trial table and progress bars in the terminal
 """
