@@ -17,8 +17,6 @@ from typing import Any
 
 import jax
 
-from bench.schema import TimingProtocol  # noqa: F401  (re-exported: the protocol this module runs)
-
 Clock = Callable[[], float]
 
 

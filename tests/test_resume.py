@@ -178,7 +178,6 @@ def test_resuming_with_other_data_is_refused(bench_run, tmp_path, capsys):
 
 def test_resuming_onto_other_data_at_the_same_path_is_refused(bench_run, tmp_path, capsys):
     """The recorded data identity is checked too: the same file name, other contents."""
-    out = tmp_path / "out"
     bench_run(*SWEEP, interrupt_on=2)
     write_npz(tmp_path / "tiny.npz", n_train=128, n_test=32)
     status, recorder = bench_run(*SWEEP)
@@ -226,7 +225,6 @@ def test_resuming_with_the_same_settings_spelled_out_is_accepted(bench_run, tmp_
 
 
 def test_a_plain_resume_keeps_failed_trials_and_says_so(bench_run, tmp_path, capsys):
-    out = tmp_path / "out"
     bench_run(*SWEEP, fail=("tanh",))
     capsys.readouterr()
     status, again = bench_run(*SWEEP)
