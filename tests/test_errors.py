@@ -36,8 +36,9 @@ def nothing_may_run(monkeypatch):
         pytest.fail("reached a compile, a trial or the calibration: input was not checked first")
 
     for target in ("jax._src.compiler.compile_or_get_cached",  # every XLA compilation
-                   "bench.runner.run_trial", "bench.runner.run_population",
-                   "bench.runner.calibration", "bench.calibrate.measure_peak"):
+                   "bench.executors.run_job", "bench.population.run_unit",
+                   "bench.runner.calibration", "bench.calibrate.measure_peak",
+                   "bench.ray_executor._import_ray"):  # no case may start Ray
         monkeypatch.setattr(target, forbidden)
 
 
@@ -201,6 +202,26 @@ CASES: dict[str, Case] = {
     "run --compilation-cache under a file": Case(
         ["run", *TINY, "--compilation-cache", "{tmp}/afile/cache", *RUN_OUT],
         ["--compilation-cache", "{tmp}/afile/cache"], a_file("afile")),
+    # ---- bench run: the executor
+    "run --ray-address without --executor ray": Case(
+        ["run", *TINY, "--data", "{npz}", "--ray-address", "127.0.0.1:6379", *RUN_OUT],
+        ["--ray-address needs --executor ray"]),
+    "run --tasks-per-node without --executor ray": Case(
+        ["run", *TINY, "--data", "{npz}", "--tasks-per-node", "2", *RUN_OUT],
+        ["--tasks-per-node needs --executor ray"]),
+    "run --sweep with an unknown executor": Case(
+        ["run", "--sweep", "{tmp}/dask.toml", "--data", "{npz}", *RUN_OUT],
+        ["executor", "'dask'", "serial, ray"],
+        a_file("dask.toml", b'[grid]\nmodels = "dense"\n[run]\nexecutor = "dask"\n')),
+    "run --sweep with tasks_per_node 0": Case(
+        ["run", "--sweep", "{tmp}/packed.toml", "--data", "{npz}", *RUN_OUT],
+        ["tasks_per_node", "0", "positive integer"],
+        a_file("packed.toml", b'[grid]\nmodels = "dense"\n[run]\nexecutor = "ray"\n'
+                              b'tasks_per_node = 0\n')),
+    "run --sweep with a ray_address but the serial executor": Case(
+        ["run", "--sweep", "{tmp}/addr.toml", "--data", "{npz}", *RUN_OUT],
+        ["--ray-address needs --executor ray"],
+        a_file("addr.toml", b'[grid]\nmodels = "dense"\n[run]\nray_address = "10.0.0.1:6379"\n')),
     # ---- bench run: the data
     "run --data missing": Case(
         ["run", *TINY, "--data", "{tmp}/nowhere", *RUN_OUT], ["{tmp}/nowhere", "embedded", "tfds"]),
@@ -243,6 +264,10 @@ CASES: dict[str, Case] = {
     "run --round-steps 0": Case(["run", "--round-steps", "0"], ["--round-steps", "0"], usage=True),
     "run --burn-in -1": Case(["run", "--burn-in", "-1"], ["--burn-in", "-1"], usage=True),
     "run --targets 1.5": Case(["run", "--targets", "1.5"], ["--targets", "'1.5'"], usage=True),
+    "run --tasks-per-node 0": Case(
+        ["run", "--executor", "ray", "--tasks-per-node", "0"], ["--tasks-per-node", "0"], usage=True),
+    "run --executor dask": Case(
+        ["run", "--executor", "dask"], ["--executor", "'dask'", "serial", "ray"], usage=True),
     # ---- bench report
     "report a missing path": Case(
         ["report", "{tmp}/nowhere"], ["{tmp}/nowhere", "not a run directory"]),

@@ -271,6 +271,29 @@ def test_a_version_1_record_is_migrated():
     assert record.memory == {"process_device_peak_bytes": 7, "process_peak_rss_bytes": 9}
 
 
+def test_a_version_2_record_reads_without_machine_facts():
+    """Version 2 had no `machine`; such a record reads as one from no known machine."""
+    data = _record().to_json()
+    del data["machine"]
+    data["schema_version"] = 2
+    record = Record.from_json(data)
+    assert record.machine is None
+    assert record == _record()
+
+
+def test_a_version_3_record_carries_the_machine_that_produced_it():
+    machine = {"host": "alpha", "node": "ab" * 28, "platform": "cpu", "peak_flops": 1e11,
+               "bench": "0.1.0"}
+    data = json.loads(json.dumps({**_record(machine=machine).to_json(), "schema_version": 3}))
+    assert SCHEMA_VERSION == 3 and data["machine"] == machine
+    assert Record.from_json(data).machine == machine
+
+
+def test_a_version_4_record_is_refused():
+    with pytest.raises(SchemaError, match="schema version 4.*reads up to 3"):
+        Record.from_json({**_record().to_json(), "schema_version": 4})
+
+
 def test_unknown_record_fields_are_refused():
     with pytest.raises(SchemaError, match="colour"):
         Record.from_json({**_record().to_json(), "colour": "blue"})
