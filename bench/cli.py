@@ -9,6 +9,7 @@ from pathlib import Path
 
 from bench import data as data_sources
 from bench.compare import METRICS, Thresholds, parse_threshold, run_compare
+from bench.executors import EXECUTOR_NAMES
 from bench.groups import AUTO, parse_population
 from bench.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
 
@@ -108,6 +109,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                             "off one at a time, N at most N together")
     where.add_argument("--devices", type=_positive, metavar="N",
                        help="devices of the platform a population is sharded over (default all)")
+    where.add_argument("--executor", choices=EXECUTOR_NAMES, default=None,
+                       help="serial (default): units one after another in this process; ray: "
+                            "units on Ray workers, one per node (see README, Running on a cluster)")
+    where.add_argument("--ray-address", metavar="ADDRESS", default=None,
+                       help="with --executor ray: the cluster to join (default $RAY_ADDRESS, "
+                            "else a private local Ray for this run)")
+    where.add_argument("--tasks-per-node", type=_positive, metavar="N", default=None,
+                       help="with --executor ray on CPU: N units at once per node, sharing its "
+                            "cores (default 1; more packs work but spoils timing)")
     where.add_argument("--out", type=Path, default=None,
                        help="run directory (default reports/<run-id>/); an existing one is resumed")
     timing = p.add_argument_group("timing protocol (see README)")
@@ -235,7 +245,27 @@ def options_from_args(args: argparse.Namespace, run: dict):
                       resume_only=args.resume is not None, retry_failed=args.retry_failed,
                       population=parse_population(_asked(args, run, "population") or AUTO),
                       devices=_device_count(_asked(args, run, "devices")),
-                      protocol=protocol, recalibrate=args.recalibrate)
+                      protocol=protocol, recalibrate=args.recalibrate,
+                      compilation_cache=args.compilation_cache,
+                      **_executor_settings(args, run))
+
+
+def _executor_settings(args: argparse.Namespace, run: dict) -> dict:
+    """--executor, --ray-address and --tasks-per-node (or [run] executor, ray_address,
+    tasks_per_node); the Ray-only ones are refused for the serial executor."""
+    executor = _asked(args, run, "executor") or "serial"
+    if executor not in EXECUTOR_NAMES:
+        raise SpecError(f"executor: unknown executor {executor!r}; valid: {', '.join(EXECUTOR_NAMES)}")
+    address, per_node = _asked(args, run, "ray_address"), _asked(args, run, "tasks_per_node")
+    if per_node is not None and (isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1):
+        raise SpecError(f"tasks_per_node: {per_node!r} is not a positive integer")
+    if executor != "ray" and (address is not None or per_node is not None):
+        flag, key = (("--ray-address", "ray_address") if address is not None
+                     else ("--tasks-per-node", "tasks_per_node"))
+        raise SpecError(f"{flag} ([run] {key} in a sweep file) needs --executor ray")
+    if address is not None and not isinstance(address, str):
+        raise SpecError(f"ray_address: {address!r} is not an address (HOST:PORT)")
+    return {"executor": executor, "ray_address": address, "tasks_per_node": per_node}
 
 
 def _device_count(value) -> int | None:

@@ -22,6 +22,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.render.cells import machines_line
 from bench.render.runs import read_records, read_run_header
 from bench.results import HEADER
 from bench.schema import Record
@@ -273,7 +274,19 @@ def compare_runs(baseline: Run, candidate: Run, thresholds: Thresholds = Thresho
     scales = (peak_flops(baseline), peak_flops(candidate)) if normalize else (1.0, 1.0)
     result = compare_records(list(baseline.records), list(candidate.records), thresholds, scales)
     warnings = run_warnings(baseline.header or {}, candidate.header or {}, normalize)
+    warnings += machine_warnings(baseline, candidate)
     return dataclasses.replace(result, warnings=warnings, normalized=normalize)
+
+
+def machine_warnings(baseline: Run, candidate: Run) -> tuple[str, ...]:
+    """A run whose trials came from several machines (Ray nodes) compares them as well."""
+    out = []
+    for role, run in (("baseline", baseline), ("candidate", candidate)):
+        machines = machines_line(run.records)
+        if machines:
+            out.append(f"the {role}'s trials came from {machines}; a verdict on a trial compares "
+                       "the machines that ran it as well as the code")
+    return tuple(out)
 
 
 def run_warnings(base: dict, cand: dict, normalize: bool) -> tuple[str, ...]:

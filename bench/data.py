@@ -122,13 +122,15 @@ def check_data_args(data: str, dataset: str) -> None:
 
 
 def load_dataset(data: str = "auto", dataset: str = "mnist", *,
-                 data_dir: str | None = None) -> Dataset:
-    """Loads `dataset` from source `data` (see DATA_SOURCES); data_dir is the TFDS directory."""
+                 data_dir: str | None = None, prepare: bool = True) -> Dataset:
+    """Loads `dataset` from source `data` (see DATA_SOURCES); data_dir is the TFDS directory.
+
+    `prepare=False` (a cluster's workers) reads TFDS data only if already prepared."""
     check_data_args(data, dataset)
     if data == "embedded":
         return load_embedded()
     if data == "tfds":
-        return _load_tfds(dataset, tfds_data_dir(data_dir), allow_prepare=True)
+        return _load_tfds(dataset, tfds_data_dir(data_dir), allow_prepare=prepare)
     if data == "auto":
         root = tfds_data_dir(data_dir)
         if _prepared_versions(dataset, root):

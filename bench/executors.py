@@ -1,18 +1,34 @@
-"""How work units are dispatched. Serial, in this process, is the one executor today.
+"""How work units are dispatched: serially in this process, or to a Ray cluster.
 
-An executor takes work units (bench.groups.Unit: a population, or one trial) and a
-`run_one(unit) -> list[Record]` function, and yields each unit's records as it ends,
-so the caller can store them at once. A distributed engine fits behind the same
-shape as long as `run_one` is built from a top-level function of picklable inputs
-(`bench.population.run_population`, `bench.trial.run_trial`).
+An executor is a context manager (it may start and stop workers) with one method,
+`run(jobs, progress)`, that yields `(job, records)` as each job ends, in completion
+order, so the caller, the one writer of results.jsonl, can store them at once. A
+job is a bench.work.Job: plain data, run by bench.work.run_job wherever it lands.
+Neither executor ever retries a unit behind a timing figure: a unit that fails
+comes back as `failed` records with the cause.
+
+`progress` is told what happens (the Progress protocol below); the serial
+executor also reports each epoch, Ray's workers do not (their units are too far
+away for it to be worth the traffic).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+import importlib.util
+from collections.abc import Iterable, Iterator
+from typing import Protocol
 
-from bench.groups import Unit
-from bench.schema import Record
+from bench.schema import SpecError
+from bench.work import Job, run_job
+
+EXECUTOR_NAMES = ("serial", "ray")
+RAY_INSTALL = "pip install 'bench[ray]'"
+
+
+class Progress(Protocol):
+    def started(self, job: Job, where: str | None) -> None: ...
+    def epoch(self, job: Job, entry: dict) -> None: ...
+    def finished(self, job: Job, where: str | None, records: list[dict]) -> None: ...
 
 
 class SerialExecutor:
@@ -20,10 +36,35 @@ class SerialExecutor:
 
     name = "serial"
 
-    def map(self, run_one: Callable[[Unit], list[Record]],
-            units: Iterable[Unit]) -> Iterator[list[Record]]:
-        for unit in units:
-            yield run_one(unit)
+    def __enter__(self) -> SerialExecutor:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        return None
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+    def run(self, jobs: Iterable[Job], progress: Progress) -> Iterator[tuple[Job, list[dict]]]:
+        for job in jobs:
+            progress.started(job, None)
+            records = run_job(job, on_epoch=lambda entry, job=job: progress.epoch(job, entry))
+            progress.finished(job, None, records)
+            yield job, records
 
 
-EXECUTORS = {"serial": SerialExecutor}
+def check_executor(name: str) -> None:
+    """SpecError, before anything is read, for an unknown executor or a missing engine."""
+    if name not in EXECUTOR_NAMES:
+        raise SpecError(f"unknown executor {name!r}; valid: {', '.join(EXECUTOR_NAMES)}")
+    if name == "ray" and importlib.util.find_spec("ray") is None:
+        raise SpecError(f"--executor ray needs Ray, which is not installed here: {RAY_INSTALL}")
+
+
+def make_executor(name: str, *, ray_address: str | None = None,
+                  tasks_per_node: int | None = None, platform: str = "auto"):
+    check_executor(name)
+    if name == "serial":
+        return SerialExecutor()
+    from bench.ray_executor import RayExecutor
+    return RayExecutor(address=ray_address, tasks_per_node=tasks_per_node, platform=platform)

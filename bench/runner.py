@@ -14,20 +14,20 @@ from pathlib import Path
 from bench import data as data_sources
 from bench import results
 from bench.calibrate import calibration
+from bench import work
 from bench.devices import device_facts, platform_devices, resolve_device
-from bench.executors import SerialExecutor
+from bench.executors import check_executor, make_executor
 from bench.groups import Unit, plan_units
-from bench.population import run_population
 from bench.render import terminal
 from bench.render.aggregate import group_trials, ranked
 from bench.render.cells import data_line, device_line
 from bench.render.populations import populations_table
 from bench.render.report import render_run
 from bench.render.runs import load_run, read_records, read_run_header
-from bench.schema import (SCHEMA_VERSION, Record, SpecError, TimingProtocol, TrialConfig,
+from bench.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
                           make_config)
 from bench.sweepfile import Sweep
-from bench.trial import run_trial
+from bench.work import DataSpec, Job
 from models import fused_lstm
 
 
@@ -44,6 +44,10 @@ class RunOptions:
     devices: int | None = None  # devices a population is sharded over (None: all)
     protocol: TimingProtocol = TimingProtocol()
     recalibrate: bool = False
+    compilation_cache: str | None = None
+    executor: str = "serial"  # bench.executors: serial or ray
+    ray_address: str | None = None  # --ray-address (else RAY_ADDRESS, else a private Ray)
+    tasks_per_node: int | None = None  # Ray workers per node on CPU (default 1: all its cores)
 
 
 def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
@@ -52,6 +56,7 @@ def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
     `sweep` None continues the plan recorded in the run directory (--resume alone).
     The run directory is locked for the whole run: one writer at a time.
     """
+    check_executor(options.executor)  # a missing Ray fails before anything is read
     data_sources.check_data_args(options.data, options.dataset)
     if options.resume_only and not (options.out / results.HEADER).exists():
         raise SpecError(f"--resume {options.out}: no run to resume there (no {results.HEADER})")
@@ -70,37 +75,58 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     if sweep is None:
         sweep = _planned_sweep(previous)
     done = read_records(run_dir)  # a bad results file stops the run before anything costs
-    device = resolve_device(options.device)
-    device_list = platform_devices(device, options.devices)
-    dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
-    if previous is not None:
-        _check_same_data(previous, dataset.describe(), run_dir)
-    peak = calibration(device, use_cache=not options.recalibrate)
-    header = _header(previous, sweep, run_dir, device, dataset, peak, options, argv)
-    # How this invocation trains: a resumed run may change it (records say how each trained).
-    how = {"population": options.population, "devices": [str(d) for d in device_list]}
-    (header if previous is None else header["resumed"][-1]).update(how)
-    results.write_header(run_dir, header)
-    failed = {r.key for r in done if r.status == "failed"}
-    finished = {r.key for r in done} - (failed if options.retry_failed else set())
-    todo = [t for t in sweep.trials if t.key not in finished]
-    units = plan_units(todo, options.population, lambda c: auto_cap(device.platform, c.model))
-    _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed),
-              units=units)
-
-    def run_unit(unit: Unit, on_epoch) -> list[Record]:
-        if unit.alone:
-            record = run_trial(unit.members[0], dataset, device, options.protocol,
-                               peak_flops=peak["peak_flops"], on_epoch=on_epoch)
-            record.population = {"group": unit.group, "size": 1, "index": 0}
-            records = [record]
+    executor = make_executor(options.executor, ray_address=options.ray_address,
+                             tasks_per_node=options.tasks_per_node, platform=options.device)
+    with executor:
+        if executor.name == "serial":
+            device = resolve_device(options.device)
+            device_list = platform_devices(device, options.devices)
+        dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
+        if previous is not None:
+            _check_same_data(previous, dataset.describe(), run_dir)
+        template = Job(unit=Unit("", ()), data=DataSpec.of(dataset), device=options.device,
+                       devices=options.devices, protocol=options.protocol,
+                       recalibrate=options.recalibrate, compilation_cache=options.compilation_cache,
+                       expect_data=dataset.describe())
+        if executor.name == "serial":
+            peak = calibration(device, use_cache=not options.recalibrate)
+            facts = device_facts(device)
+            work.remember_dataset(template.data, dataset)
+            work.adopt(template, device, peak)
+            where = {"devices": [str(d) for d in device_list]}
         else:
-            records = run_population(unit, dataset, device_list, options.protocol,
-                                     peak_flops=peak["peak_flops"], on_epoch=on_epoch)
-        return [_with_reference(r, sweep.references) for r in records]
-
-    interrupted = _run_all(units, run_unit, run_dir)
+            workers = executor.start_workers(template)
+            facts, peak = _cluster_facts(workers)
+            where = {"workers": len(workers)}
+        header = _header(previous, sweep, run_dir, facts, dataset, peak, options, argv)
+        # How this invocation trains: a resumed run may change it (records say how each trained).
+        how = {"population": options.population, "executor": executor.describe(), **where}
+        (header if previous is None else header["resumed"][-1]).update(how)
+        results.write_header(run_dir, header)
+        failed = {r.key for r in done if r.status == "failed"}
+        finished = {r.key for r in done} - (failed if options.retry_failed else set())
+        todo = [t for t in sweep.trials if t.key not in finished]
+        platform = facts["platform"]
+        units = plan_units(todo, options.population, lambda c: auto_cap(platform, c.model))
+        _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed),
+                  units=units, executor=executor)
+        jobs = [dataclasses.replace(template, unit=unit) for unit in units]
+        interrupted = _run_all(executor, jobs, sweep.references, run_dir, header)
     return _finish(run_dir, header, len(sweep.trials), interrupted)
+
+
+def _cluster_facts(workers: list[dict]) -> tuple[dict, dict]:
+    """The run's device facts and calibration from its workers' (the first one's, with
+    the number of workers); each record carries its own node's."""
+    first = workers[0]
+    facts = {"platform": first["platform"], "device_kind": first["device_kind"],
+             "device_count": first["device_count"], "host_cpu": first["cpu"],
+             "host_cpu_count": first["cpu_count"], "usable_cpu_count": first["usable_cpu_count"],
+             "workers": len(workers),
+             "nodes": len({w["node"] for w in workers})}
+    peak = {**(first.get("calibration") or {}), "node": first["node"],
+            "per_node": "each record's machine.peak_flops is its own node's"}
+    return facts, peak
 
 
 # The largest population `--population auto` makes (it also splits what would not fit in
@@ -136,18 +162,19 @@ def _planned_sweep(previous: dict | None) -> Sweep:
                  references=previous.get("references", {}))
 
 
-def _header(previous, sweep, run_dir, device, dataset, peak, options, argv) -> dict:
+def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv) -> dict:
     """A new run's header, or the resumed run's with the new plan merged in."""
     command = " ".join(["python -m bench", *argv])
     if previous is None:
-        header = results.make_header(run_dir.name, device=device_facts(device),
+        header = results.make_header(run_dir.name, device=device_facts,
                                      data=dataset.describe(), argv=[command],
                                      extra={"name": sweep.name, "calibration": peak,
                                             "fused_lstm_cpu": fused_lstm.status(),
                                             "openblas_threads": fused_lstm.blas_threads(),
                                             "protocol": dataclasses.asdict(options.protocol),
-                                            "options": _recordable(options)})
-        header["plan"], header["references"] = [], {}
+                                            "options": _recordable(options),
+                                            "driver": work.machine_facts()})
+        header["plan"], header["references"], header["nodes"] = [], {}, []
     else:
         header = dict(previous, schema_version=SCHEMA_VERSION)
         header.setdefault("resumed", []).append({"command": command, "at": results.now_iso(),
@@ -176,13 +203,8 @@ def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
                         f"--data, or give a new --out")
 
 
-def _with_reference(record: Record, references: dict) -> Record:
-    record.reference = references.get(record.key)
-    return record
-
-
 def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int,
-              units: list[Unit]) -> None:
+              units: list[Unit], executor) -> None:
     console = terminal.console
     done = len(sweep.trials) - len(todo)
     kept = (f" ({kept_failed} of them failed and are kept; --retry-failed runs them again)"
@@ -199,6 +221,14 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
         console.print(f"LSTM time loop: fused CPU kernel {fused_lstm.status()}")
     population = (header.get("resumed") or [header])[-1].get("population")
     console.print(f"populations ({population}): {_units_line(units)}")
+    if executor.name != "serial":
+        about = executor.describe()
+        nodes = header["device"].get("nodes")
+        console.print(f"executor: ray at {about['address']}: {header['device'].get('workers')} "
+                      f"workers on {nodes} node{'s' if nodes != 1 else ''}"
+                      f" ({about['tasks_per_node']} per node)")
+        for warning in executor.warnings:
+            console.print(f"[yellow]{warning}")
 
 
 def _units_line(units: list[Unit]) -> str:
@@ -243,29 +273,94 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     return 0
 
 
-def _run_all(units: list[Unit], run_unit, run_dir: Path) -> bool:
-    """Runs each unit and stores its records as it ends; returns True if interrupted by Ctrl-C."""
-    with terminal.sweep_progress() as progress:
-        sweep = progress.add_task("trials", total=sum(u.size for u in units))
-        epochs = progress.add_task("epochs", total=None)
-
-        def run_one(unit: Unit):
-            progress.update(sweep, description=f"[bold]{_unit_label(unit)}")
-            progress.reset(epochs, total=unit.members[0].epochs, description="  epochs")
-            best = "best test acc" if unit.size > 1 else "test acc"
-            on_epoch = lambda h: progress.update(  # noqa: E731
-                epochs, advance=1,
-                description=f"  epoch {h['epoch']}: {best} {100 * h['test_accuracy']:.2f}%")
-            return run_unit(unit, on_epoch)
-
+def _run_all(executor, jobs: list[Job], references: dict, run_dir: Path, header: dict) -> bool:
+    """Runs the jobs, storing each one's records as it ends; True if interrupted by Ctrl-C."""
+    nodes = NodeLedger(header)
+    with terminal.sweep_progress() as bars:
+        display = SweepDisplay(bars, jobs)
         try:
-            for records in SerialExecutor().map(run_one, units):
+            for job, records in executor.run(jobs, display):
                 for record in records:
-                    results.append_result(run_dir, record.to_json())
-                progress.advance(sweep, len(records))
+                    record["reference"] = references.get(record["key"])
+                    results.append_result(run_dir, record)
+                if nodes.add(job, records):
+                    results.write_header(run_dir, header)
         except KeyboardInterrupt:
             return True
+        finally:
+            nodes.close(getattr(executor, "units", None))
+            results.write_header(run_dir, header)
     return False
+
+
+class NodeLedger:
+    """run.json's list of the nodes (machines) that ran work, with what each ran."""
+
+    def __init__(self, header: dict):
+        self.header = header
+        self.nodes = header.setdefault("nodes", [])
+
+    def add(self, job: Job, records: list[dict]) -> bool:
+        """Counts the unit; True if it came from a node not listed before."""
+        machine = next((r.get("machine") for r in records if r.get("machine")), None)
+        if machine is None:
+            return False
+        where = {"host": machine.get("host"), "node": machine.get("node")}
+        entry = next((n for n in self.nodes if {k: n.get(k) for k in where} == where), None)
+        if entry is None:
+            entry = {**machine, "units": 0, "trials": 0}
+            self.nodes.append(entry)
+        entry["units"] += 1
+        entry["trials"] += len(records)
+        return entry["units"] == 1
+
+    def close(self, units: list[dict] | None) -> None:
+        """Adds the Ray executor's per-unit times (seconds on the wire and at work)."""
+        if units:
+            self.header.setdefault("executor_units", []).extend(units)
+
+
+class SweepDisplay:
+    """The terminal while a sweep runs (bench.executors.Progress): trials done, and what
+    runs where (serially, the epochs of the current unit)."""
+
+    def __init__(self, bars, jobs: list[Job]):
+        self.bars = bars
+        self.pending, self.running, self.done = len(jobs), {}, 0
+        self.trials = bars.add_task("trials", total=sum(j.unit.size for j in jobs))
+        self.epochs = None
+        self.workers: dict = {}
+
+    def started(self, job: Job, where: str | None) -> None:
+        self.pending -= 1
+        if where is None:  # serial: one unit at a time, with its epochs
+            self.bars.update(self.trials, description=f"[bold]{_unit_label(job.unit)}")
+            if self.epochs is None:
+                self.epochs = self.bars.add_task("epochs", total=None)
+            self.bars.reset(self.epochs, total=job.unit.members[0].epochs, description="  epochs")
+            return
+        self.running[where] = job
+        if where not in self.workers:
+            self.workers[where] = self.bars.add_task("", total=None)
+        self.bars.update(self.workers[where], description=f"  {where}: {_unit_label(job.unit)}")
+        self._status()
+
+    def epoch(self, job: Job, entry: dict) -> None:
+        best = "best test acc" if job.unit.size > 1 else "test acc"
+        self.bars.update(self.epochs, advance=1,
+                         description=f"  epoch {entry['epoch']}: {best} {100 * entry['test_accuracy']:.2f}%")
+
+    def finished(self, job: Job, where: str | None, records: list[dict]) -> None:
+        self.done += 1
+        self.bars.advance(self.trials, len(records))
+        if where is not None:
+            self.running.pop(where, None)
+            self.bars.update(self.workers[where], description=f"  {where}: idle")
+            self._status()
+
+    def _status(self) -> None:
+        self.bars.update(self.trials, description=f"[bold]units: {self.done} finished, "
+                         f"{len(self.running)} running, {self.pending} pending")
 
 
 def _unit_label(unit: Unit) -> str:

@@ -27,7 +27,7 @@ from functools import cached_property
 from bench import registry
 from models import CELLS, MODELS
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3  # 3: records carry `machine`; run.json lists the nodes that ran work
 STATUSES = ("ok", "diverged", "failed")
 PLATFORMS = ("cpu", "gpu", "tpu", "auto")  # --device; bench.devices resolves them
 
@@ -331,6 +331,10 @@ class Record:
     (compile times, epoch times, throughput, time to accuracy on that clock) are
     under `population`, and its own fields hold only what is its own (accuracy,
     history, and the timed rounds it ran alone).
+
+    `machine` is the facts of the machine (and Ray node) that produced the record:
+    host, CPU, device kind and count, calibrated peak, bench/jax versions
+    (bench.work.machine_facts). Older records have none.
     """
 
     config: TrialConfig
@@ -364,6 +368,7 @@ class Record:
     history: list = field(default_factory=list)
     reference: dict | None = None
     population: dict | None = None
+    machine: dict | None = None
     error: str | None = None
     traceback: str | None = None
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from bench.schema import AXES, SpecError, TrialConfig, axis, default_grid, make_config, unique
 
 TOP_KEYS = ("name", "description", "grid", "random", "trial", "run")
-RUN_KEYS = ("data", "dataset", "data_dir", "device", "devices", "population", "repeats", "burn_in",
-            "round_steps", "targets")
+RUN_KEYS = ("data", "dataset", "data_dir", "device", "devices", "population", "executor",
+            "ray_address", "tasks_per_node", "repeats", "burn_in", "round_steps", "targets")
 DISTRIBUTIONS = ("log_uniform", "uniform")
 
 

@@ -8,10 +8,16 @@ directories are created below the test's own temporary folder.
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+# Any Ray the tests start stays on the loopback interface (Ray reads this when imported; on
+# Linux it otherwise binds and dials the machine's outward address) and reports nothing.
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 # What bench.calibrate.measure_peak returns, for tests that need a calibration but not its cost.
 FAKE_PEAK = {"peak_flops": 1.0e11, "matrix_size": 2048, "seconds": 0.17,

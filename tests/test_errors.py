@@ -205,10 +205,10 @@ CASES: dict[str, Case] = {
     # ---- bench run: the executor
     "run --ray-address without --executor ray": Case(
         ["run", *TINY, "--data", "{npz}", "--ray-address", "127.0.0.1:6379", *RUN_OUT],
-        ["--ray-address needs --executor ray"]),
+        ["--ray-address", "needs --executor ray"]),
     "run --tasks-per-node without --executor ray": Case(
         ["run", *TINY, "--data", "{npz}", "--tasks-per-node", "2", *RUN_OUT],
-        ["--tasks-per-node needs --executor ray"]),
+        ["--tasks-per-node", "needs --executor ray"]),
     "run --sweep with an unknown executor": Case(
         ["run", "--sweep", "{tmp}/dask.toml", "--data", "{npz}", *RUN_OUT],
         ["executor", "'dask'", "serial, ray"],
@@ -220,7 +220,7 @@ CASES: dict[str, Case] = {
                               b'tasks_per_node = 0\n')),
     "run --sweep with a ray_address but the serial executor": Case(
         ["run", "--sweep", "{tmp}/addr.toml", "--data", "{npz}", *RUN_OUT],
-        ["--ray-address needs --executor ray"],
+        ["[run] ray_address", "needs --executor ray"],
         a_file("addr.toml", b'[grid]\nmodels = "dense"\n[run]\nray_address = "10.0.0.1:6379"\n')),
     # ---- bench run: the data
     "run --data missing": Case(

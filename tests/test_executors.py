@@ -84,9 +84,9 @@ PLANS = {
         [(B, 0, 6.0, 1.0)]),
     "gpu: a dead GPU node gets none": (
         [node(A, cpu=8, gpu=4, alive=False)], "gpu", None, []),
-    "tpu: one slot per TPU, no GPUs asked": (
+    "tpu: one slot per TPU host with all its chips, no GPUs asked": (
         [node(A, cpu=8, tpu=4), node(B, cpu=8)], "tpu", None,
-        [(A, i, 2.0, 0.0) for i in range(4)]),
+        [(A, 0, 8.0, 0.0, 4.0)]),
     "no nodes": ([], "cpu", None, []),
 }
 
@@ -95,7 +95,7 @@ PLANS = {
 def test_plan_slots(name):
     nodes, platform, per_node, expected = PLANS[name]
     slots = plan_slots(nodes, platform, per_node)
-    assert [(s.node, s.index, s.cpus, s.gpus) for s in slots] == expected
+    assert [(s.node, s.index, s.cpus, s.gpus, *((s.tpus,) if s.tpus else ())) for s in slots] == expected
     assert len(set(slots)) == len(slots)  # each slot is its own worker (a dict key)
 
 

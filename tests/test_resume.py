@@ -1,6 +1,7 @@
 """Interrupting and resuming a run: nothing finished is lost or run twice.
 
-The trials themselves are replaced by a recorder (bench.runner.run_trial), so
+The trials themselves are replaced by a recorder (bench.population.run_trial, which
+runs every unit of one trial), so
 these tests check the run directory bookkeeping without compiling anything; a
 real trial is exercised in test_cli.py.
 """
@@ -55,7 +56,7 @@ def bench_run(isolated, fake_peak, monkeypatch, tmp_path):
 
     def run(*flags, interrupt_on=None, data=str(npz), out="out", fail=()):
         recorder = Recorder(interrupt_on, fail)
-        monkeypatch.setattr("bench.runner.run_trial", recorder)
+        monkeypatch.setattr("bench.population.run_trial", recorder)
         argv = ["run", *flags] + (["--data", data] if data else []) + (["--out", out] if out else [])
         return main(argv), recorder
     return run

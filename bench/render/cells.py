@@ -95,5 +95,29 @@ def device_line(device: dict) -> str:
             f"host CPU {device.get('host_cpu')}, {device.get('usable_cpu_count')} usable cores")
 
 
+def machine_name(machine: dict) -> str:
+    """E.g. 'gpu-box-3' or, for a Ray node, 'vm (node 85b17b)'."""
+    node = machine.get("node")
+    return f"{machine.get('host')}" + (f" (node {node[:6]})" if node else "")
+
+
+def machines_line(records) -> str | None:
+    """Which machines produced the records, with how many trials each, when more than one
+    did (a Ray run on several nodes); None when one machine (or none recorded) did."""
+    tally: dict[str, list] = {}
+    for record in records:
+        machine = getattr(record, "machine", None) or {}
+        if machine:
+            entry = tally.setdefault(machine_name(machine), [0, machine])
+            entry[0] += 1
+    if len(tally) <= 1:
+        return None
+    hosts = {m.get("host") for _, m in tally.values()}
+    what = (f"{len(tally)} nodes" + (f" on {len(hosts)} machines" if len(hosts) > 1 else " of one machine"))
+    parts = [f"{name}, {m.get('cpu') or m.get('device_kind')}: {n} trial{'s' if n != 1 else ''}"
+             for name, (n, m) in sorted(tally.items())]
+    return f"{what}: " + "; ".join(parts)
+
+
 def count(value) -> str:
     return f"{value:,}" if isinstance(value, int) else str(value)

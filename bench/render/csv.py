@@ -20,6 +20,9 @@ TTA_FIELDS = ("epoch", "train_s", "with_compile_s")
 POPULATION_COLUMNS = ("group", "size", "index", "devices", "compile_s", "first_epoch_s",
                       "steady_epoch_s", "member_samples_per_s", "achieved_flops", "peak_fraction",
                       "speedup", "retry")
+# The machine (and Ray node) that produced the trial.
+MACHINE_COLUMNS = ["machine_host", "machine_node", "machine_cpu", "machine_device_kind",
+                   "machine_peak_flops", "machine_bench", "machine_jax"]
 TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy", "reference_source", "error"]
 # A text cell starting with one of these is a formula to a spreadsheet (an error message
 # such as "=..." or "@..." would run); a leading apostrophe makes it text (OWASP's advice).
@@ -66,6 +69,9 @@ def flat_row(run: Run, record: Record, keys: list[str]) -> dict:
     row |= {f"population_{k}": v for k, v in population.items() if k in POPULATION_COLUMNS}
     if "time_to_accuracy" in population:  # on the population's clock, shared by its members
         row |= _tta(population["time_to_accuracy"], keys, prefix="population_")
+    machine = record.machine or {}
+    row |= {f"machine_{k}": machine.get(k) for k in
+            ("host", "node", "cpu", "device_kind", "peak_flops", "bench", "jax")}
     row |= {"reference_name": ref.get("name"), "reference_source": ref.get("source"),
             "reference_published_test_accuracy": ref.get("published_test_accuracy"),
             "error": record.error}
@@ -92,7 +98,7 @@ def render_csv(runs: list[Run]) -> str:
               *(f"population_to_{t}_{k}" for t in keys for k in TTA_FIELDS)]
     population = [c for c in shared if any(c in row for row in rows)]
     columns = [*RUN_COLUMNS, *FIELD_ORDER, *METRIC_COLUMNS, *extra,
-               *(f"to_{t}_{k}" for t in keys for k in TTA_FIELDS), *population, *TAIL_COLUMNS]
+               *(f"to_{t}_{k}" for t in keys for k in TTA_FIELDS), *population, *MACHINE_COLUMNS, *TAIL_COLUMNS]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, columns, lineterminator="\n")
     writer.writeheader()

@@ -137,6 +137,9 @@ def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
              ("Device", cells.device_line(h.get("device") or {})),
              ("Trials", f"{_status_line(run.records)} in {_plural(len(groups), 'configuration')}; "
                         f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}")]
+    machines = cells.machines_line(run.records)
+    if machines:
+        facts.insert(4, ("Machines", f"{machines}. Each trial's figures are its own machine's."))
     if h.get("tags"):
         facts.insert(1, ("Tags", ", ".join(str(t) for t in h["tags"])))
     return facts
@@ -145,11 +148,17 @@ def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
 def _runs_table(runs: list[Run]) -> Table:
     rows = [[text_cell(text) for text in (
         run.label, run.header.get("run_id"), run.header.get("name"),
-        ", ".join(map(str, run.header.get("tags") or [])), cells.device_line(run.header.get("device") or {}),
+        ", ".join(map(str, run.header.get("tags") or [])), _device_cell(run),
         cells.data_line(run.header.get("data") or {}), _status_line(run.records))] for run in runs]
     columns = [("run", False), ("run id", False), ("name", False), ("tags", False),
                ("device", False), ("data", False), ("trials", False)]
     return table("Runs", columns, rows)
+
+
+def _device_cell(run: Run) -> str:
+    line = cells.device_line(run.header.get("device") or {})
+    machines = cells.machines_line(run.records)
+    return f"{line}; trials from {machines}" if machines else line
 
 
 def summary(runs: list[Run], groups: list[Group]) -> Section:
