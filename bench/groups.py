@@ -37,8 +37,16 @@ class Unit:
 
 def group_of(config: TrialConfig) -> tuple:
     """What members of one population share: every value but the per-member ones, and
-    whether dropout is on."""
-    return (*(getattr(config, name) for name in SHARED), (config.dropout or 0.0) > 0)
+    whether dropout is on. A stock-Flax model (impl flax) fixes its dropout rate in the
+    module (nnx.Dropout), so its members share the rate itself.
+
+    An axis added later leaves the group out while at its default (as it does the key),
+    so group ids stay those of earlier runs."""
+    shared = tuple(getattr(config, a.name) for a in AXES if not a.per_member
+                   and (a.keyed_at_default or getattr(config, a.name) != a.default[0]))
+    if config.impl == "flax":
+        return (*shared, config.dropout or 0.0)
+    return (*shared, (config.dropout or 0.0) > 0)
 
 
 def group_id(config: TrialConfig) -> str:

@@ -9,7 +9,7 @@ from bench import registry
 from bench.render.terminal import console
 from bench.schema import AXES, model_options
 from bench.sweepfile import expected_runtime, load_sweep, preset_names, preset_path
-from models import CELLS, MODELS
+from models import CELLS, IMPLS, MODELS
 
 
 def show_list() -> int:
@@ -21,6 +21,7 @@ def show_list() -> int:
                        ", ".join(model_options(name)))
     console.print(models)
     console.print(f"recurrent cells (--cell): {', '.join(CELLS)}")
+    console.print("implementations (--impl): " + "; ".join(f"{k}: {v}" for k, v in IMPLS.items()))
     console.print(f"activations (--activations): {', '.join(registry.ACTIVATIONS)}")
     opts = Table(title="optimizers (--optimizers)")
     opts.add_column("name")

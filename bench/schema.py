@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from bench import registry
-from models import CELLS, MODELS
+from models import CELLS, IMPLS, MODELS
 
 SCHEMA_VERSION = 3  # 3: records carry `machine`; run.json lists the nodes that ran work
 STATUSES = ("ok", "diverged", "failed")
@@ -174,6 +174,9 @@ AXES: tuple[Axis, ...] = (
          per_member=True, label=" l2={:g}"),
     Axis("seed", int, (0,), "random seeds; several seeds are aggregated (mean ± sd)",
          sweep_key="seeds", low=0, low_inclusive=True, per_member=True),
+    Axis("impl", str, ("tuned",), "how each family is written: tuned (bench's own forms) or "
+         "flax (stock Flax NNX layers); the same function", choices=lambda: IMPLS,
+         label=" impl={}", keyed_at_default=False),
 )
 
 AXIS_BY_KEY: dict[str, Axis] = {axis.key: axis for axis in AXES}

@@ -113,7 +113,10 @@ def build_member_program(graphdef, tx_of: Callable[[Hyper], optax.GradientTransf
     """The pure functions of one trial of the model `graphdef`, its `Hyper` an input."""
 
     def apply(p, x, key=None, rate=None):
-        return nnx.merge(graphdef, p)(x, key, rate)
+        # Fresh Variables at the current trace level: Flax's own transforms inside a model
+        # (nnx.RNN's scan in the stock forms) refuse Variables made under an outer trace,
+        # as `p` is inside the evaluation's lax.map. Free at run time (trace-time only).
+        return nnx.merge(graphdef, jax.tree.map(lambda a: a, p))(x, key, rate)
 
     def loss_fn(p, hyper: Hyper, x, y, key):
         logits = apply(p, x, key, hyper.dropout)

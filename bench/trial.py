@@ -30,7 +30,8 @@ def build_model(config: TrialConfig) -> nnx.Module:
     """The configured Flax model, initialised from the trial's seed."""
     options = {name: getattr(config, name) for name in model_options(config.model)}
     act = registry.activation(config.activation)
-    return MODELS[config.model].build(config.units, act, 10, nnx.Rngs(config.seed), **options)
+    family = MODELS[config.model].build_impl(config.impl or "tuned")
+    return family(config.units, act, 10, nnx.Rngs(config.seed), **options)
 
 
 _DEVICE_DATA: dict = {}

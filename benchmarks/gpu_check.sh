@@ -68,7 +68,15 @@ for size in $SIZES; do
     --repeats 2 --burn-in 1 --round-steps 5 --out "$OUT/dense-size-$size"
 done
 
-# 5. The summary: wall times and the figures each check is for.
+# 5. --impl tuned against --impl flax for the three reference configurations (each trial
+#    alone, so that each form's own compile and epoch times are recorded).
+IMPL_UNITS=()
+if [ -n "${SMALL:-}" ]; then IMPL_UNITS=(--units 16); fi
+step impl-tuned-vs-flax 180 "${BENCH[@]}" --models dense,conv,recurrent "${IMPL_UNITS[@]}" \
+  --activations relu --optimizers adam --impl tuned,flax --epochs "$EPOCHS" --population off \
+  --out "$OUT/impl"
+
+# 6. The summary: wall times and the figures each check is for.
 $PY - "$OUT" > "$OUT/summary.md" <<'EOF'
 import json, sys
 from pathlib import Path
@@ -88,6 +96,12 @@ for run in sorted(p for p in out.iterdir() if (p / "results.jsonl").is_file()):
           f"{sorted(r['step_ms'] for r in ok if r.get('step_ms'))[len(ok) // 2] if ok else None}")
     for line in sorted(shared):
         print(f"- population: {line}")
+    if run.name == "impl":  # each family in both forms
+        for r in records:
+            c = r["config"]
+            print(f"- {c['model']} {c['units']} impl={c.get('impl', 'tuned')}: {r['status']}, compile "
+                  f"{r.get('compile_s')} s, steady epoch {r.get('steady_epoch_s')} s, step "
+                  f"{r.get('step_ms')} ms, test acc {r.get('test_accuracy')}")
     print()
 EOF
 echo "summary: $OUT/summary.md" | tee -a "$LOG"

@@ -174,6 +174,16 @@ def test_a_member_ends_with_the_parameters_it_has_when_trained_alone(family, opt
         assert_same_params(params, solo_params(cfg, epochs=2))
 
 
+@pytest.mark.parametrize("family", quick_first(MODELS))
+def test_a_stock_flax_member_ends_with_its_solo_parameters(family):
+    """--impl flax: nnx.Conv, nnx.RNN's scan and nnx.Dropout under the population's vmap."""
+    cfgs = [config(family, impl="flax", dropout=0.3, learning_rate=lr, seed=seed)
+            for lr, seed in ((1e-3, 0), (3e-3, 1))]
+    together = population_params(cfgs, epochs=1)
+    for cfg, params in zip(cfgs, together):
+        assert_same_params(params, solo_params(cfg, epochs=1))
+
+
 @pytest.mark.parametrize("values", quick_first([
     {"l2": (1e-4, 1e-2)}, {"l1": (0.0, 1e-3)}, {"dropout": (0.2, 0.5)},
 ], ids=["l2", "l1", "dropout"]))

@@ -98,7 +98,7 @@ BASE = TrialConfig(model="dense", units=4, activation="relu", optimizer="adam",
 # A different value for every field: the key must see each of them.
 CHANGED = {"model": "conv", "units": 5, "activation": "tanh", "optimizer": "sgd",
            "learning_rate": 2e-3, "batch_size": 64, "epochs": 4, "seed": 1, "depth": 3,
-           "cell": "gru", "dropout": 0.1, "l1": 1e-5, "l2": 1e-4}
+           "cell": "gru", "dropout": 0.1, "l1": 1e-5, "l2": 1e-4, "impl": "flax"}
 
 
 def test_changed_covers_every_field():

@@ -25,7 +25,7 @@ def build_report(runs: list[Run], groups: list[Group] | None = None) -> Report:
     """The whole report of one or more runs (`groups`: their group_trials, if at hand)."""
     groups = group_trials(runs) if groups is None else groups
     parts = [summary(runs, groups), leaderboard(runs, groups), tuned_optimizers(runs, groups),
-             pivots(runs, groups),
+             implementations(runs, groups), pivots(runs, groups),
              pareto(runs, groups), all_configurations(runs, groups), populations_section(runs),
              published(runs, groups), errors(runs), environment(runs)]
     return Report(report_title(runs), tuple(s for s in parts if s is not None))
@@ -318,6 +318,63 @@ def tuned_optimizers(runs: list[Run], groups: list[Group]) -> Section | None:
                "best over several seeds). " + accuracy_caption(runs))
     return Section("tuned", "Optimizers at their best learning rate",
                    (_rows_table("", columns, [g for g, _ in rows], caption),))
+
+
+# ---------------------------------------------------------------- implementations
+
+
+IMPL_FORMS = ("tuned", "flax")
+
+
+def impl_pairs(groups: list[Group]) -> list[tuple[Group, Group]]:
+    """(tuned, flax) groups of one run whose configurations differ only in `impl`."""
+    found: dict[tuple, dict[str, Group]] = {}
+    for g in groups:
+        rest = tuple((k, v) for k, v in g.config.items() if k != "impl")
+        found.setdefault((g.run_index, rest), {})[g.config.get("impl") or "tuned"] = g
+    return [(forms["tuned"], forms["flax"]) for forms in found.values()
+            if all(f in forms for f in IMPL_FORMS)]
+
+
+def _ratio_cell(pair: tuple[Group, Group], name: str) -> Cell:
+    tuned, flax = (g.metric(name).mean for g in pair)
+    if not tuned or flax is None:
+        return Cell(cells.MISSING, None)
+    return Cell(f"{flax / tuned:.2f}×", flax / tuned)
+
+
+def implementations(runs: list[Run], groups: list[Group]) -> Section | None:
+    """The same configurations written as bench's own forms and as stock Flax, side by side."""
+    pairs = impl_pairs(groups)
+    if not pairs:
+        return None
+    metrics = (("ms/step", "step_ms"), ("steady epoch s", "steady_epoch_s"), ("compile s", "compile_s"),
+               (_acc_title(runs), "test_accuracy"))
+    columns = [("configuration", False), ("n", True)]
+    for title, name in metrics:
+        columns += [(f"{title} {form}", True) for form in IMPL_FORMS]
+        if name == "step_ms":
+            columns.append(("flax ÷ tuned", True))
+    rows = []
+    for pair in pairs:
+        row = [text_cell(pair[0].records[0].config.label(without=("impl",))),
+               Cell(str(_seeds(pair[0])), _seeds(pair[0]))]
+        for _, name in metrics:
+            row += [stat_cell(g.metric(name), UNITS[name], _seeds(g)) for g in pair]
+            if name == "step_ms":
+                row.append(_ratio_cell(pair, "step_ms"))
+        rows.append(row)
+    if len(runs) > 1:
+        columns.insert(0, ("run", False))
+        rows = [[text_cell(pair[0].run), *row] for pair, row in zip(pairs, rows)]
+    caption = ("Each configuration in both of its forms (--impl): tuned is bench's own (patch-"
+               "product convolutions, the fused CPU LSTM kernel, a hand-written recurrence "
+               "gradient), flax the stock Flax NNX layers a Flax user writes. Both compute the "
+               "same function from the same initial parameters (tests check logits and "
+               "gradients), so accuracies differ only by float rounding over training. ms/step "
+               "is each trial's own timed rounds; epoch and compile times of trials trained in "
+               "a population are the population's (see Populations). " + accuracy_caption(runs))
+    return Section("impls", "Implementations side by side", (table("", columns, rows, caption),))
 
 
 # ---------------------------------------------------------------- all configurations
