@@ -92,7 +92,7 @@ def test_one_record_per_trial(records, header):
         assert r["config"] == {"model": "dense", "units": 4, "activation": r["config"]["activation"],
                                "optimizer": "adam", "learning_rate": 1e-3, "batch_size": 32,
                                "epochs": EPOCHS, "seed": 0, "depth": 2, "cell": None,
-                               "dropout": 0.0, "l1": 0.0, "l2": 0.0}
+                               "dropout": 0.0, "l1": 0.0, "l2": 0.0, "impl": "tuned"}
 
 
 @pytest.mark.slow
