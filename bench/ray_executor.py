@@ -30,7 +30,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from bench.schema import SpecError
-from bench.work import Job, failed_records, machine_facts, run_job
+from bench.work import Job, failed_records, machine_facts, run_job, worker_facts
 
 START_TIMEOUT_S = 180.0  # a worker that has not started by then is left out (its node is busy?)
 CONNECT_TIMEOUT_S = 5.0
@@ -101,10 +101,7 @@ class UnitWorker:
     """The Ray actor: runs jobs in one long-lived process on one node."""
 
     def facts(self, job: Job) -> dict:
-        from bench.work import worker_calibration
-        worker_calibration(job)  # resolve the device and calibrate before any unit is timed
-        from bench.work import _worker
-        return _worker(job).facts(job.node)
+        return worker_facts(job)  # the device resolved and calibrated before any unit is timed
 
     def run(self, job: Job) -> dict:
         start = time.perf_counter()
@@ -123,11 +120,12 @@ class RayExecutor:
         self.platform = platform
         self.private = self.address is None
         self.workers: dict[Slot, object] = {}
-        self.worker_facts: dict[Slot, dict] = {}
+        self.facts_of: dict[Slot, dict] = {}
         self.warnings: list[str] = []
         self.units: list[dict] = []  # per unit: node, size, seconds on the wire and at work
         self._ray = None
         self._work_s: float | None = None
+        self._actor_class = None
 
     # ------------------------------------------------------------ the cluster
     def __enter__(self) -> RayExecutor:
@@ -178,7 +176,7 @@ class RayExecutor:
             for ref in ready:
                 slot = probes[ref]
                 try:
-                    self.worker_facts[slot] = ray.get(ref)
+                    self.facts_of[slot] = ray.get(ref)
                 except Exception as exc:  # noqa: BLE001 - this worker is left out, with the cause
                     self._drop(slot, f"worker on {slot.label} could not start: {_cause(exc)}")
         for ref in remaining:
@@ -187,7 +185,7 @@ class RayExecutor:
         if not self.workers:
             raise RayExecutorError("no Ray worker could start: " + "; ".join(self.warnings))
         self._check_versions()
-        return [self.worker_facts[s] for s in self.workers]
+        return [self.facts_of[s] for s in self.workers]
 
     def stop_workers(self) -> None:
         """Kills every worker: running units are cancelled, pending ones never start."""
@@ -200,8 +198,9 @@ class RayExecutor:
 
     def _new_actor(self, slot: Slot):
         from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-        remote = self._ray.remote(UnitWorker)
-        return remote.options(
+        if self._actor_class is None:
+            self._actor_class = self._ray.remote(UnitWorker)
+        return self._actor_class.options(
             num_cpus=slot.cpus, num_gpus=slot.gpus, resources={"TPU": slot.tpus} if slot.tpus else None,
             max_restarts=0, max_task_retries=0,
             scheduling_strategy=NodeAffinitySchedulingStrategy(node_id=slot.node, soft=False),
@@ -228,7 +227,7 @@ class RayExecutor:
 
     def _check_versions(self) -> None:
         mine = machine_facts().get("bench")
-        other = sorted({f.get("bench") for f in self.worker_facts.values()} - {mine}, key=str)
+        other = sorted({f.get("bench") for f in self.facts_of.values()} - {mine}, key=str)
         if other:
             self.warnings.append(f"workers run bench {', '.join(map(str, other))}, the driver "
                                  f"{mine}; records say which produced them")
@@ -280,11 +279,11 @@ class RayExecutor:
             return done["records"], True
         except exceptions.RayTaskError as exc:  # raised inside the job: the worker lives on
             return failed_records(job, f"on {slot.label}: {_cause(exc)}",
-                                  self.worker_facts.get(slot)), True
+                                  self.facts_of.get(slot)), True
         except exceptions.RayError as exc:  # the worker died (crash, out of memory, node lost)
             cause = (f"worker died on {slot.label} ({type(exc).__name__}: {_cause(exc)}); "
                      "not retried")
-            return failed_records(job, cause, self.worker_facts.get(slot)), False
+            return failed_records(job, cause, self.facts_of.get(slot)), False
 
     def _account(self, slot: Slot, job: Job, seconds: float) -> None:
         """What the unit cost: seconds from submission to its records in the driver, and

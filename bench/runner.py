@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench import data as data_sources
-from bench import results
+from bench import results, work
 from bench.calibrate import calibration
-from bench import work
 from bench.devices import device_facts, platform_devices, resolve_device
 from bench.executors import check_executor, make_executor
 from bench.groups import Unit, plan_units
@@ -78,9 +77,7 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     executor = make_executor(options.executor, ray_address=options.ray_address,
                              tasks_per_node=options.tasks_per_node, platform=options.device)
     with executor:
-        if executor.name == "serial":
-            device = resolve_device(options.device)
-            device_list = platform_devices(device, options.devices)
+        device = resolve_device(options.device) if executor.name == "serial" else None
         dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
         if previous is not None:
             _check_same_data(previous, dataset.describe(), run_dir)
@@ -88,31 +85,40 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
                        devices=options.devices, protocol=options.protocol,
                        recalibrate=options.recalibrate, compilation_cache=options.compilation_cache,
                        expect_data=dataset.describe())
-        if executor.name == "serial":
-            peak = calibration(device, use_cache=not options.recalibrate)
-            facts = device_facts(device)
-            work.remember_dataset(template.data, dataset)
-            work.adopt(template, device, peak)
-            where = {"devices": [str(d) for d in device_list]}
-        else:
-            workers = executor.start_workers(template)
-            facts, peak = _cluster_facts(workers)
-            where = {"workers": len(workers)}
+        facts, peak, where = _place(executor, device, template, dataset)
         header = _header(previous, sweep, run_dir, facts, dataset, peak, options, argv)
         # How this invocation trains: a resumed run may change it (records say how each trained).
         how = {"population": options.population, "executor": executor.describe(), **where}
         (header if previous is None else header["resumed"][-1]).update(how)
         results.write_header(run_dir, header)
-        failed = {r.key for r in done if r.status == "failed"}
-        finished = {r.key for r in done} - (failed if options.retry_failed else set())
-        todo = [t for t in sweep.trials if t.key not in finished]
-        platform = facts["platform"]
-        units = plan_units(todo, options.population, lambda c: auto_cap(platform, c.model))
-        _announce(header, sweep, todo, peak, kept_failed=0 if options.retry_failed else len(failed),
-                  units=units, executor=executor)
+        todo, kept_failed = _unfinished(sweep, done, options.retry_failed)
+        units = plan_units(todo, options.population, lambda c: auto_cap(facts["platform"], c.model))
+        _announce(header, sweep, todo, peak, kept_failed=kept_failed, units=units, executor=executor)
         jobs = [dataclasses.replace(template, unit=unit) for unit in units]
         interrupted = _run_all(executor, jobs, sweep.references, run_dir, header)
     return _finish(run_dir, header, len(sweep.trials), interrupted)
+
+
+def _place(executor, device, template: Job, dataset) -> tuple[dict, dict, dict]:
+    """Where the units run, as (device facts, calibration, how): this process's device
+    (serial: calibrated here, the data set and both handed to this process's worker), or
+    the cluster's workers, each of which calibrates its own node."""
+    if executor.name != "serial":
+        workers = executor.start_workers(template)
+        facts, peak = _cluster_facts(workers)
+        return facts, peak, {"workers": len(workers)}
+    peak = calibration(device, use_cache=not template.recalibrate)
+    work.remember_dataset(template.data, dataset)
+    work.adopt(template, device, peak)
+    device_list = platform_devices(device, template.devices)
+    return device_facts(device), peak, {"devices": [str(d) for d in device_list]}
+
+
+def _unfinished(sweep: Sweep, done: list, retry_failed: bool) -> tuple[list[TrialConfig], int]:
+    """The sweep's trials to run now, and how many failed ones are kept as they are."""
+    failed = {r.key for r in done if r.status == "failed"}
+    finished = {r.key for r in done} - (failed if retry_failed else set())
+    return [t for t in sweep.trials if t.key not in finished], 0 if retry_failed else len(failed)
 
 
 def _cluster_facts(workers: list[dict]) -> tuple[dict, dict]:

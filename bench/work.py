@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.groups import Unit
-from bench.schema import TimingProtocol
+from bench.schema import Record, TimingProtocol
 
 
 @dataclass(frozen=True)
@@ -76,7 +76,6 @@ def run_job(job: Job, on_epoch: OnEpoch | None = None) -> list[dict]:
 
 def failed_records(job: Job, error: str, machine: dict | None = None) -> list[dict]:
     """`failed` records for every trial of `job` (its worker died, say), with the cause."""
-    from bench.schema import Record  # JAX-free
     out = []
     for index, config in enumerate(job.unit.members):
         record = Record(config=config, status="failed", error=error, machine=machine,
@@ -92,10 +91,9 @@ def remember_dataset(spec: DataSpec, dataset) -> None:
 
 
 def machine_facts(node: str | None = None, *, device=None, calibration: dict | None = None) -> dict:
-    """The facts a record carries about the machine that produced it.
-
-    Without a device, only what needs no JAX (the driver of a Ray run)."""
-    from bench.devices import host_cpu  # noqa: PLC0415 - imports JAX
+    """The facts a record carries about the machine that produced it; without a device,
+    the host's alone (the driver of a Ray run)."""
+    from bench.devices import host_cpu  # imports JAX: not at this module's import
     from bench.results import package_versions
     versions = package_versions()
     facts = {"host": socket.gethostname(), "node": node, "cpu": host_cpu(),
@@ -184,9 +182,10 @@ def adopt(job: Job, device, calibration: dict) -> None:
     _WORKERS[key] = _Worker(*key, resolved=device, calibrated=calibration)
 
 
-def worker_calibration(job: Job) -> dict:
-    """This process's calibration for `job`'s device (measured once, cached per machine)."""
-    return _worker(job).calibration
+def worker_facts(job: Job) -> dict:
+    """The facts of this process's machine for `job`, its device resolved and calibrated
+    (measured once, cached per machine) on the way: a Ray worker's start, before any unit."""
+    return _worker(job).facts(job.node)
 
 
 def _check_same_data(expected: dict, found: dict) -> None:

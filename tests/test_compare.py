@@ -265,3 +265,29 @@ def test_render_markdown_escapes_pipes_in_labels():
     assert "a\\|b" in text
     assert all(line.count("|") - line.count("\\|") == len(TITLES) + 1
                for line in text.splitlines() if line.startswith("|"))
+
+
+def on(machine: dict, rec: Record) -> Record:
+    rec.machine = machine
+    return rec
+
+
+NODE_A = {"host": "box-a", "node": "a1b2c3d4e5", "cpu": "Xeon"}
+NODE_B = {"host": "box-b", "node": "f6e5d4c3b2", "cpu": "EPYC"}
+
+
+def test_a_run_from_several_machines_is_flagged_by_compare_and_the_report(tmp_path):
+    cfgs = [config(seed=s) for s in range(3)]
+    mixed = [on(NODE_A, record(cfgs[0])), on(NODE_B, record(cfgs[1], seed=1)),
+             on(NODE_A, record(cfgs[2], seed=2))]
+    single = [on(NODE_A, record(c, seed=i)) for i, c in enumerate(cfgs)]
+    base = load_run(write_run(tmp_path / "base", single))
+    cand = load_run(write_run(tmp_path / "cand", mixed))
+    warnings = compare_runs(base, cand).warnings
+    [flag] = [w for w in warnings if "machines" in w]
+    assert flag.startswith("the candidate's trials came from 2 nodes on 2 machines")
+    assert "box-a (node a1b2c3), Xeon: 2 trials" in flag and "box-b (node f6e5d4), EPYC: 1 trial" in flag
+    assert not any("baseline" in w for w in warnings)  # one machine: nothing to say
+    from bench.render.report import render_run
+    [report] = render_run([tmp_path / "cand"], ("md",), tmp_path / "report")
+    assert "- **Machines**: 2 nodes on 2 machines: box-a (node a1b2c3)" in report.read_text()
