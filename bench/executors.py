@@ -22,7 +22,7 @@ from bench.schema import SpecError
 from bench.work import Job, run_job
 
 EXECUTOR_NAMES = ("serial", "ray")
-RAY_INSTALL = "pip install 'bench[ray]'"
+RAY_INSTALL = "pip install 'bench[ray]' (in a checkout: pip install -e '.[ray]')"
 
 
 class Progress(Protocol):
