@@ -360,10 +360,8 @@ def _enable_compilation_cache(path: str) -> None:
     except OSError as exc:
         raise SpecError(f"--compilation-cache {path}: cannot use it as a directory "
                         f"({exc.strerror or exc})") from None
-    import jax
-    jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    from bench.work import enable_compilation_cache
+    enable_compilation_cache(path)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:

@@ -54,6 +54,13 @@ def host_cpu() -> str:
     return platform.processor() or platform.machine()
 
 
+def usable_cpu_count() -> int | None:
+    """Cores this process may run on (a container or a Ray worker may have fewer)."""
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count()
+
+
 def device_facts(device: jax.Device) -> dict:
     """What a run records about where it ran."""
     same_platform = jax.devices(device.platform)
@@ -63,7 +70,7 @@ def device_facts(device: jax.Device) -> dict:
         "device_count": len(same_platform),
         "host_cpu": host_cpu(),
         "host_cpu_count": os.cpu_count(),
-        "usable_cpu_count": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        "usable_cpu_count": usable_cpu_count(),
     }
 
 

@@ -26,7 +26,7 @@ import sys
 import time
 from collections import deque
 from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from bench.schema import SpecError
@@ -35,6 +35,9 @@ from bench.work import Job, failed_records, machine_facts, run_job, worker_facts
 START_TIMEOUT_S = 180.0  # a worker that has not started by then is left out (its node is busy?)
 CONNECT_TIMEOUT_S = 5.0
 WAIT_POLL_S = 0.5
+# HTTP through a proxy on a closed loopback port (it refuses at once), loopback itself direct.
+LOOPBACK_HTTP = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
+                 "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}
 
 
 class RayExecutorError(SpecError):
@@ -124,7 +127,6 @@ class RayExecutor:
         self.warnings: list[str] = []
         self.units: list[dict] = []  # per unit: node, size, seconds on the wire and at work
         self._ray = None
-        self._work_s: float | None = None
         self._actor_class = None
 
     # ------------------------------------------------------------ the cluster
@@ -133,7 +135,7 @@ class RayExecutor:
         if not self.private:
             _check_reachable(self.address)
         try:
-            with _loopback_only() if self.private else _nothing():
+            with _loopback_only() if self.private else nullcontext():
                 self._ray.init(address=self.address or "local", include_dashboard=False,
                                log_to_driver=False, logging_level="ERROR",
                                configure_logging=True)
@@ -258,8 +260,8 @@ class RayExecutor:
                 ready, _ = ray.wait(list(running), num_returns=1, timeout=WAIT_POLL_S)
                 for ref in ready:
                     job, slot, sent = running.pop(ref)
-                    records, alive = self._collect(ref, job, slot)
-                    self._account(slot, job, time.perf_counter() - sent)
+                    records, alive, work_s = self._collect(ref, job, slot)
+                    self._account(slot, job, time.perf_counter() - sent, work_s)
                     if alive:
                         idle.append(slot)
                     elif self._replace(slot) is not None:
@@ -270,25 +272,24 @@ class RayExecutor:
             if running or pending:
                 self.stop_workers()  # interrupted: cancel what runs, start nothing more
 
-    def _collect(self, ref, job: Job, slot: Slot) -> tuple[list[dict], bool]:
-        """The job's records, and whether its worker is still alive."""
+    def _collect(self, ref, job: Job, slot: Slot) -> tuple[list[dict], bool, float | None]:
+        """The job's records, whether its worker is still alive, and the seconds the worker
+        spent on the job (None when it failed)."""
         from ray import exceptions
         try:
             done = self._ray.get(ref)
-            self._work_s = done["seconds"]
-            return done["records"], True
+            return done["records"], True, done["seconds"]
         except exceptions.RayTaskError as exc:  # raised inside the job: the worker lives on
             return failed_records(job, f"on {slot.label}: {_cause(exc)}",
-                                  self.facts_of.get(slot)), True
+                                  self.facts_of.get(slot)), True, None
         except exceptions.RayError as exc:  # the worker died (crash, out of memory, node lost)
             cause = (f"worker died on {slot.label} ({type(exc).__name__}: {_cause(exc)}); "
                      "not retried")
-            return failed_records(job, cause, self.facts_of.get(slot)), False
+            return failed_records(job, cause, self.facts_of.get(slot)), False, None
 
-    def _account(self, slot: Slot, job: Job, seconds: float) -> None:
+    def _account(self, slot: Slot, job: Job, seconds: float, work: float | None) -> None:
         """What the unit cost: seconds from submission to its records in the driver, and
         seconds the worker spent running it (their difference is Ray's overhead)."""
-        work, self._work_s = self._work_s, None
         self.units.append({"node": slot.label, "trials": job.unit.size,
                            "round_trip_s": round(seconds, 3),
                            "work_s": None if work is None else round(work, 3)})
@@ -313,10 +314,8 @@ def _loopback_only():
     metadata services (169.254.169.254) which cloud it runs on, usage statistics off or
     not; a loopback-only Ray has no business on the network, so its HTTP goes to a proxy
     that refuses at once, loopback excepted."""
-    names = ("http_proxy", "HTTP_PROXY", "no_proxy", "NO_PROXY")
-    saved = {name: os.environ.get(name) for name in names}
-    os.environ.update(http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-                      no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    saved = {name: os.environ.get(name) for name in LOOPBACK_HTTP}
+    os.environ.update(LOOPBACK_HTTP)
     try:
         yield
     finally:
@@ -325,11 +324,6 @@ def _loopback_only():
                 os.environ.pop(name, None)
             else:
                 os.environ[name] = value
-
-
-@contextmanager
-def _nothing():
-    yield
 
 
 def _check_reachable(address: str) -> None:

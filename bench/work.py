@@ -93,11 +93,11 @@ def remember_dataset(spec: DataSpec, dataset) -> None:
 def machine_facts(node: str | None = None, *, device=None, calibration: dict | None = None) -> dict:
     """The facts a record carries about the machine that produced it; without a device,
     the host's alone (the driver of a Ray run)."""
-    from bench.devices import host_cpu  # imports JAX: not at this module's import
+    from bench.devices import host_cpu, usable_cpu_count  # imports JAX: not at module import
     from bench.results import package_versions
     versions = package_versions()
     facts = {"host": socket.gethostname(), "node": node, "cpu": host_cpu(),
-             "cpu_count": os.cpu_count(), "usable_cpu_count": _usable_cpus(),
+             "cpu_count": os.cpu_count(), "usable_cpu_count": usable_cpu_count(),
              "bench": versions.get("bench"),
              "jax": versions.get("jax"), "jaxlib": versions.get("jaxlib")}
     if device is not None:
@@ -115,13 +115,6 @@ def machine_facts(node: str | None = None, *, device=None, calibration: dict | N
     return facts
 
 
-def _usable_cpus() -> int | None:
-    """Cores this process may run on (a Ray worker may be given fewer than the machine has)."""
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count()
-
-
 _DATASETS: dict = {}
 
 
@@ -133,7 +126,7 @@ class _Worker:
         from bench.calibrate import calibration
         from bench.devices import resolve_device
         if compilation_cache:
-            _enable_compilation_cache(compilation_cache)
+            enable_compilation_cache(compilation_cache)
         self.device = resolved or resolve_device(device)
         self.calibration = calibrated or calibration(self.device, use_cache=not recalibrate)
         self._facts: dict = {}
@@ -196,7 +189,8 @@ def _check_same_data(expected: dict, found: dict) -> None:
                            f"here {have}; give a --data every node reads alike")
 
 
-def _enable_compilation_cache(path: str) -> None:
+def enable_compilation_cache(path: str) -> None:
+    """JAX's persistent compilation cache in `path`, for every compile (hits are recorded)."""
     import jax
     jax.config.update("jax_compilation_cache_dir", path)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)

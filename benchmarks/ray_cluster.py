@@ -38,9 +38,9 @@ def main() -> int:
     args = parser.parse_args()
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
-    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0",
-                      http_proxy="http://127.0.0.1:9", HTTP_PROXY="http://127.0.0.1:9",
-                      no_proxy="127.0.0.1,localhost", NO_PROXY="127.0.0.1,localhost")
+    os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
+    from bench.ray_executor import LOOPBACK_HTTP  # Ray's dashboard stays off the network
+    os.environ.update(LOOPBACK_HTTP)
     from ray.cluster_utils import Cluster
     head_cpus, node_cpus = (int(n) for n in args.node_cpus.split(","))
     cluster = Cluster(initialize_head=True,
