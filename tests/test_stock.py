@@ -159,3 +159,22 @@ def test_stock_trials_share_a_population_only_at_one_dropout_rate():
     units = plan_units(stock, "auto", 64)
     assert sorted(u.size for u in units) == [2, 2]
     assert all(len({m.dropout for m in u.members}) == 1 for u in units)
+
+
+def test_the_report_puts_both_forms_of_a_configuration_side_by_side(tmp_path):
+    from bench.render.report import render_run
+    from bench.schema import Record
+    from test_compare import write_run
+    records = []
+    for impl, step in (("tuned", 0.002), ("flax", 0.005)):
+        for seed in (0, 1):
+            cfg = make_config({"model": "dense", "activation": "relu", "optimizer": "adam",
+                               "impl": impl, "seed": seed})
+            records.append(Record(config=cfg, test_accuracy=0.9, step_ms=1000 * step))
+    alone = make_config({"model": "conv", "activation": "relu", "optimizer": "adam"})
+    records.append(Record(config=alone, test_accuracy=0.9, step_ms=3.0))  # no flax twin
+    [report] = render_run([write_run(tmp_path / "run", records)], ("md",), tmp_path / "out")
+    section = report.read_text().split("## Implementations side by side")[1].split("\n## ")[0]
+    rows = [line for line in section.splitlines() if line.startswith("| dense")]
+    assert len(rows) == 1 and "conv" not in section.split("\n\n")[1]
+    assert "| 2 | 2.00 ± 0.00 | 5.00 ± 0.00 | 2.50× |" in rows[0]  # n, tuned, flax, ratio
