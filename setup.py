@@ -1,13 +1,14 @@
-"""Builds the optional fused LSTM kernel for CPU; everything else is in pyproject.toml.
+"""Builds the optional CPU kernels; everything else is in pyproject.toml.
 
-models/native/lstm_cpu.cc is compiled against the XLA FFI headers that jaxlib ships and
-linked against OpenBLAS from scipy-openblas32 (both build requirements), for the CPU of the
-machine that installs it (-march=native). Beside the library the build writes its build
-record, _lstm_cpu.json: the instruction-set features the compiler targeted (named as
-Linux's /proc/cpuinfo names them), the compiler, the flags, the jaxlib and OpenBLAS built
-against and the library's SHA-256. models/fused_lstm.py loads the kernel only where the
-record matches the running machine. A failed build is only a warning: bench then runs
-XLA's loop.
+models/native/lstm_cpu.cc (the fused LSTM loop) and models/native/conv_cpu.cc (the fused
+convolution block) are each compiled into a library against the XLA FFI headers that
+jaxlib ships and linked against OpenBLAS from scipy-openblas32 (both build requirements),
+for the CPU of the machine that installs it (-march=native). Beside each library the build
+writes its build record, e.g. _lstm_cpu.json: the instruction-set features the compiler
+targeted (named as Linux's /proc/cpuinfo names them), the compiler, the flags, the jaxlib
+and OpenBLAS built against and the library's SHA-256. models/native_kernels.py loads a
+kernel only where its record matches the running machine. A failed build is only a
+warning: bench then runs XLA's form of that computation.
 """
 
 import hashlib
@@ -26,7 +27,7 @@ from setuptools.command.build_ext import build_ext
 from setuptools.errors import CompileError
 
 # The compiler's feature macros and the /proc/cpuinfo flag of each (x86-64, then aarch64).
-# Only features a compiler may use for plain C++ are listed (lstm_cpu.cc has no intrinsics):
+# Only features a compiler may use for plain C++ are listed (the kernels have no intrinsics):
 # a CPU then needs all of them, and none that could only come from an intrinsic.
 CPU_FEATURE_MACROS = {
     "__SSE__": "sse", "__SSE2__": "sse2", "__SSE3__": "pni", "__SSSE3__": "ssse3",
@@ -119,7 +120,7 @@ class BuildWithHeaders(build_ext):
         if missing := [name for name, folder in headers.items() if folder is None]:
             # Only with --no-build-isolation and the requirements absent: skip, as for a
             # failed compile.
-            print(f"warning: fused LSTM kernel not built: {', '.join(missing)} not installed")
+            print(f"warning: CPU kernels not built: {', '.join(missing)} not installed")
             return
         openblas = _package_dir("scipy_openblas32") / "lib"
         for extension in self.extensions:
@@ -172,7 +173,7 @@ class BuildWithHeaders(build_ext):
         return list(getattr(self.compiler, "compiler_so_cxx", None) or self.compiler.compiler_so)
 
     def _record(self, ext, library: Path, features: list[str]) -> dict:
-        """What the library was built for, read by models/fused_lstm.py before loading it."""
+        """What the library was built for, read by models/native_kernels.py before loading it."""
         compiler = self._cxx()
         return {
             "library": library.name,
@@ -190,16 +191,18 @@ class BuildWithHeaders(build_ext):
 # Full-width AVX-512 loops where the CPU has them: they shorten the LSTM step
 # (docs/measurements.md, "Design measurements cited from the code"); an x86-only flag.
 _X86_ONLY = ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else []
+# -fno-trapping-math lets GCC vectorise the elementwise loops' selects; the kernels never read
+# floating-point exception flags, and NaN still propagates (cpu_kernels.h).
+_FLAGS = ["-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+          "-fopenmp-simd", *_X86_ONLY]
 
-FUSED_LSTM = Extension(
-    "models.native._lstm_cpu",
-    sources=["models/native/lstm_cpu.cc"],
-    language="c++",
-    # -fno-trapping-math lets GCC vectorise the elementwise loops' selects; the kernel never
-    # reads floating-point exception flags, and NaN still propagates (lstm_cpu.cc).
-    extra_compile_args=["-std=c++17", "-O3", "-march=native", "-fno-math-errno",
-                        "-fno-trapping-math", "-fopenmp-simd", *_X86_ONLY],
-    optional=True,
-)
 
-setup(ext_modules=[FUSED_LSTM], cmdclass={"build_ext": BuildWithHeaders})
+def cpu_kernel(name: str) -> Extension:
+    """models/native/<name>.cc as the optional library models.native._<name>."""
+    return Extension(f"models.native._{name}", sources=[f"models/native/{name}.cc"],
+                     depends=["models/native/cpu_kernels.h"], language="c++",
+                     extra_compile_args=list(_FLAGS), optional=True)
+
+
+setup(ext_modules=[cpu_kernel("lstm_cpu"), cpu_kernel("conv_cpu")],
+      cmdclass={"build_ext": BuildWithHeaders})

@@ -110,11 +110,15 @@ def _step_flops(model, program, config, tx, protocol, state, x, y, key) -> float
     """FLOPs of one training step: XLA's count for a round (a scan, so its body: one step).
 
     Loops inside a step are counted once too, so a model that loops over time is split
-    again with the loop unrolled for this count (lowered only, never compiled or run).
-    `program` has already split `model`, so changing it here does not affect training.
+    again with the loop unrolled for this count (lowered only, never compiled or run); and
+    XLA cannot count inside a CPU kernel's custom call, so a model with one is split again
+    in its XLA form. `program` has already split `model`, so changing it here does not
+    affect training.
     """
-    if hasattr(model, "unroll"):
-        model.unroll = True
+    if hasattr(model, "unroll") or hasattr(model, "fused_kernel"):
+        if hasattr(model, "unroll"):
+            model.unroll = True
+        model.fused_kernel = False
         program = _program(model, config, tx, protocol)
     return costs.flops(jax.jit(program.train_round).lower(state, x, y, key))
 

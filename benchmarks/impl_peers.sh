@@ -12,6 +12,7 @@
 # the whole sequence. CONV_IMPLS (default tuned,flax): the stock conv form takes about 10
 # minutes an epoch on full MNIST on a 2-core CPU with jax 0.10 (XLA:CPU's convolutions inside
 # the epoch's scan), so CONV_IMPLS=tuned leaves it out; `--data embedded` measures it faster.
+# FAMILIES (default "dense conv recurrent") chooses the families, in that order.
 # Writes OUT/summary.md: steady epoch and compile seconds, test accuracy.
 set -uo pipefail
 
@@ -21,6 +22,7 @@ PEERS=${3:-}
 TORCH_PY=${4:-}
 PY=${PYTHON:-.venv/bin/python}
 ROUNDS=${ROUNDS:-2}
+FAMILIES=${FAMILIES:-dense conv recurrent}
 declare -A IMPLS=([dense]=tuned,flax [conv]=${CONV_IMPLS:-tuned,flax} [recurrent]=tuned,flax)
 mkdir -p "$OUT"
 : > "$OUT/peers.jsonl"
@@ -28,7 +30,7 @@ mkdir -p "$OUT"
 declare -A PEER_MODEL=([dense]=mlp [conv]=cnn [recurrent]=lstm)
 
 for round in $(seq 1 "$ROUNDS"); do
-  for family in dense conv recurrent; do
+  for family in $FAMILIES; do
     echo "== round $round: $family ($(date +%T))"
     "$PY" -m bench run --data "$MNIST" --models "$family" --activations relu --optimizers adam \
       --epochs 3 --impl "${IMPLS[$family]}" --population off --out "$OUT/bench-$family-$round" > /dev/null

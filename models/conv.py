@@ -1,16 +1,21 @@
 """conv: two convolution blocks with 2x downsampling, then a dense layer.
 
 `Conv(32, relu, 10, rngs)` is the Flax MNIST example CNN: conv 32 3x3, avg-pool
-2x, conv 64 3x3, avg-pool 2x, dense 256, dense 10.
+2x, conv 64 3x3, avg-pool 2x, dense 256, dense 10. On CPU each convolution block (conv,
+bias, activation, pooling) is one compiled kernel (models/fused_conv.py); elsewhere, and
+wherever that kernel cannot run, the blocks are models/layers.py's patch products in XLA.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 
 import jax
+import jax.numpy as jnp
 from flax import nnx
 
+from models import fused_conv
 from models.layers import PatchConv, avg_pool_2x2, dropout as apply_dropout, split_keys
 
 
@@ -26,14 +31,32 @@ class Conv(nnx.Module):
         self.out = nnx.Linear(8 * units, num_classes, rngs=rngs)
         self.activation = activation
         self.dropout = dropout
+        # False: always the XLA form (tests compare the two; XLA's FLOP count cannot see
+        # inside the kernel, so the cost analysis sets it too).
+        self.fused_kernel = True
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None,
                  dropout_rate: jax.Array | None = None) -> jax.Array:
         """Logits. `dropout_rate` (a population member's) replaces the built-in rate."""
         rate = self.dropout if dropout_rate is None else dropout_rate
         act = self.activation
-        x = avg_pool_2x2(act(self.conv1(x[..., None])))
-        x = avg_pool_2x2(act(self.conv2(x)))
+        x = self._block(self.conv1, x[..., None], input_gradient=False)  # x is the data
+        x = self._block(self.conv2, x)
         x = act(self.dense(x.reshape(x.shape[0], -1)))
         (key,) = split_keys(dropout_key, 1)
         return self.out(apply_dropout(x, rate, key))
+
+    def _block(self, conv: PatchConv, x: jax.Array, *, input_gradient: bool = True) -> jax.Array:
+        """avg_pool_2x2(act(conv(x))): the CPU kernel where it can run, else the XLA form."""
+        act = self.activation
+
+        def xla_form(x, kernel, bias):  # conv's own parameters, passed in as the kernel's are
+            del kernel, bias
+            return avg_pool_2x2(act(conv(x)))
+
+        if not (self.fused_kernel and x.dtype == conv.kernel.dtype == jnp.float32
+                and fused_conv.supports(act)):
+            return avg_pool_2x2(act(conv(x)))
+        fused = partial(fused_conv.conv_block, act, input_gradient=input_gradient)
+        return jax.lax.platform_dependent(x, conv.kernel[...], conv.bias[...], cpu=fused,
+                                          default=xla_form)

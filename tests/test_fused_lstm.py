@@ -30,7 +30,7 @@ from flax import nnx
 
 from bench import registry
 from bench.registry import ACTIVATIONS
-from models import fused_lstm
+from models import fused_lstm, native_kernels
 from models.recurrence import recur
 from models.recurrent import Recurrent, lstm_update
 from test_models import images, normal, tiny
@@ -128,18 +128,18 @@ def test_a_nan_input_gives_that_example_nan_logits(name):
     assert np.isfinite(logits[1:]).all()
 
 
-def custom_calls(model: Recurrent, platform: str) -> set[str]:
-    """The kernel targets in the training step's program lowered for `platform`."""
+def custom_calls(model: nnx.Module, platform: str, targets=KERNEL_TARGETS) -> set[str]:
+    """The kernel `targets` in the training step's program lowered for `platform`."""
     graphdef, state = nnx.split(model)
 
     def loss(state, x):
         return jnp.sum(nnx.merge(graphdef, state)(x))
 
-    allowed = [jax.export.DisabledSafetyCheck.custom_call(t) for t in KERNEL_TARGETS]
+    allowed = [jax.export.DisabledSafetyCheck.custom_call(t) for t in targets]
     exported = jax.export.export(jax.jit(jax.grad(loss)), platforms=[platform],
                                  disabled_checks=allowed)(state, images())
     text = exported.mlir_module()
-    return {target for target in KERNEL_TARGETS if target in text}
+    return {target for target in targets if target in text}
 
 
 def test_cpu_lstm_runs_the_kernel_and_other_platforms_xla_loop():
@@ -225,7 +225,7 @@ def blas_threads():
     """Sets OpenBLAS's thread count for the test: the kernel spreads a population's members
     over that many threads (one: they run one after another)."""
     kernel_on()
-    openblas = fused_lstm._openblas()
+    openblas = native_kernels.openblas()
     before = openblas.scipy_openblas_get_num_threads()
     yield openblas.scipy_openblas_set_num_threads
     openblas.scipy_openblas_set_num_threads(before)
@@ -352,13 +352,13 @@ def test_vmapped_model_matches_xla_loop():
 def test_build_record_describes_the_installed_kernel():
     kernel_on()
     library = fused_lstm._library_path()
-    record = fused_lstm.build_record(library)  # raises unless it describes this very file
+    record = native_kernels.build_record(library)  # raises unless it describes this very file
     assert record["library"] == library.name
     assert record["jaxlib"] == importlib.metadata.version("jaxlib")
     assert "-march=native" in record["flags"]
     if platform.machine() == "x86_64":
         assert {"sse", "sse2"} <= set(record["target_features"])
-    assert set(record["target_features"]) <= fused_lstm.cpu_features()
+    assert set(record["target_features"]) <= native_kernels.cpu_features()
 
 
 @pytest.fixture
@@ -382,7 +382,7 @@ def fake_build(folder: Path, record: dict | str | None = None) -> Path:
     library = folder / "_lstm_cpu.so"
     library.write_bytes(b"not a shared library")
     entries = {"library_sha256": hashlib.sha256(library.read_bytes()).hexdigest(),
-               "target_features": sorted(fused_lstm.cpu_features())[:3],
+               "target_features": sorted(native_kernels.cpu_features())[:3],
                "jaxlib": importlib.metadata.version("jaxlib")}
     if isinstance(record, dict):
         (folder / fused_lstm.RECORD_NAME).write_text(json.dumps({**entries, **record}))
@@ -405,7 +405,7 @@ BUILD_RECORD_CASES = {
 }
 
 
-@pytest.mark.skipif(fused_lstm.cpu_features() is None, reason="reads Linux's /proc/cpuinfo")
+@pytest.mark.skipif(native_kernels.cpu_features() is None, reason="reads Linux's /proc/cpuinfo")
 @pytest.mark.parametrize("case", list(BUILD_RECORD_CASES))
 def test_build_record_that_does_not_match_falls_back_before_loading(case, tmp_path, monkeypatch,
                                                                     reload):
@@ -418,7 +418,7 @@ def test_build_record_that_does_not_match_falls_back_before_loading(case, tmp_pa
 def test_cpu_that_cannot_be_read_falls_back(tmp_path, monkeypatch, reload):
     library = fake_build(tmp_path, {"target_features": ["sse2"]})
     monkeypatch.setattr(fused_lstm, "_library_path", lambda: library)
-    monkeypatch.setattr(fused_lstm, "cpu_features", lambda: None)
+    monkeypatch.setattr(native_kernels, "cpu_features", lambda: None)
     assert reload().startswith("off: cannot read this CPU's features to check the kernel's (sse2)")
 
 
@@ -557,17 +557,17 @@ def test_kernel_refuses_an_unknown_activation():
 
 def test_xla_threads_follow_affinity_and_xla_flags():
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    assert fused_lstm.xla_cpu_threads("") == cores
-    assert fused_lstm.xla_cpu_threads("--xla_cpu_multi_thread_eigen=false") == 1
-    assert fused_lstm.xla_cpu_threads("--xla_cpu_multi_thread_eigen=true") == cores
-    assert fused_lstm.xla_cpu_threads("intra_op_parallelism_threads=1") == 1
+    assert native_kernels.xla_cpu_threads("") == cores
+    assert native_kernels.xla_cpu_threads("--xla_cpu_multi_thread_eigen=false") == 1
+    assert native_kernels.xla_cpu_threads("--xla_cpu_multi_thread_eigen=true") == cores
+    assert native_kernels.xla_cpu_threads("intra_op_parallelism_threads=1") == 1
 
 
 def test_openblas_threads_are_capped_to_xla_threads():
     kernel_on()
-    openblas = fused_lstm._openblas()
+    openblas = native_kernels.openblas()
     assert fused_lstm.blas_threads() == openblas.scipy_openblas_get_num_threads()
-    assert 1 <= fused_lstm.blas_threads() <= fused_lstm.xla_cpu_threads()
+    assert 1 <= fused_lstm.blas_threads() <= native_kernels.xla_cpu_threads()
 
 
 # Where the `models` under test was imported from: the checkout, or under tox the installed
@@ -588,9 +588,9 @@ def run_python(code: str, *args: str, **environment: str) -> str:
 
 @pytest.mark.slow
 def test_openblas_runs_one_thread_where_xla_runs_one():
-    code = ("from models import fused_lstm; "
+    code = ("from models import fused_lstm, native_kernels; "
             "print(fused_lstm.status(), fused_lstm.blas_threads(), "
-            "fused_lstm._openblas().scipy_openblas_get_num_threads())")
+            "native_kernels.openblas().scipy_openblas_get_num_threads())")
     out = run_python(code, XLA_FLAGS="--xla_cpu_multi_thread_eigen=false")
     assert out.split() == ["on", "1", "1"]
 

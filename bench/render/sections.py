@@ -486,7 +486,8 @@ def _environment_rows(header: dict) -> dict[str, str]:
     items |= {f"protocol {k.replace('_', ' ')}": ", ".join(map(str, v)) if isinstance(v, list) else v
               for k, v in (header.get("protocol") or {}).items()}
     items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
-    items["OpenBLAS threads (LSTM kernel)"] = header.get("openblas_threads")
+    items["fused conv kernel (CPU)"] = header.get("fused_conv_cpu")
+    items["OpenBLAS threads (CPU kernels)"] = header.get("openblas_threads")
     items["data provenance"] = (header.get("data") or {}).get("provenance")
     return {k: "" if v is None else str(v) for k, v in items.items()}
 

@@ -1,0 +1,171 @@
+"""The CNN's convolution blocks as one compiled CPU kernel (models/native/conv_cpu.cc), through
+the XLA FFI.
+
+A block is `avg_pool_2x2(act(conv(x) + bias))`, SAME padding, stride 1, as models/conv.py
+builds it twice. Why a kernel: in XLA (models/layers.py's PatchConv) the second block's
+29 MB patch matrix and its gradient are each written and read back, and the first block's
+12.8 MB output takes a pass for each of bias, activation, pooling and their gradients; the
+kernel cuts the batch into tiles that stay in cache and takes each tile through every
+stage at once, its products on OpenBLAS. docs/measurements.md gives the figures and commands.
+
+The kernel is built by `pip install` (setup.py) and is optional: where it is missing, on
+other platforms than CPU, for activations it does not implement, when FLOPs are counted
+(XLA cannot count inside a custom call) or with BENCH_FUSED_CONV=0, models/layers.py's
+patch form runs instead. models/native_kernels.py checks the build record before loading,
+and a smoke call compares the kernel with the patch form; any failure leaves the patch
+form running, says why in `status()` and warns once. Tests compare it with nnx.Conv for
+every activation, gradients included.
+
+Under jax.vmap XLA calls the kernel once per member (vmap_method="sequential"): on CPU
+`--population auto` trains conv trials alone anyway (bench/runner.py, ALONE_BY_DEFAULT).
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from models import native_kernels
+from models.layers import avg_pool_2x2, image_patches
+from models.native_kernels import ACTIVATION_IDS
+
+DISABLE_VARIABLE = "BENCH_FUSED_CONV"
+_STEM = "_conv_cpu"  # models/native/_conv_cpu*.so, built from conv_cpu.cc by setup.py
+_FORWARD, _BACKWARD = "bench_conv_block_forward", "bench_conv_block_backward"
+_TARGETS = {_FORWARD: "BenchConvBlockForward", _BACKWARD: "BenchConvBlockBackward"}
+_VMAP_METHOD = "sequential"
+_ABSENT = (0,)  # the kernel's shape for a result or operand left out (conv_cpu.cc)
+
+
+def _library_path() -> Path | None:
+    return native_kernels.library_path(_STEM)
+
+
+# ---- the XLA form and the smoke call --------------------------------------------------------
+
+def reference_block(activation: Callable, x: jax.Array, kernel: jax.Array,
+                    bias: jax.Array) -> jax.Array:
+    """The block in XLA, as models/layers.py computes it: what the kernel must equal."""
+    z = image_patches(x, kernel.shape[0]) @ kernel.reshape(-1, kernel.shape[-1]) + bias
+    return avg_pool_2x2(activation(z))
+
+
+_SMOKE_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
+
+
+def _smoke_args(channels: int) -> tuple:
+    """A tiny block's (x, kernel, bias): batch 3, 4x6 images, 3x3 kernel, 5 filters."""
+    draw = np.random.default_rng(channels).standard_normal
+    return (draw((3, 4, 6, channels), np.float32), draw((3, 3, channels, 5), np.float32) * 0.5,
+            draw((5,), np.float32))
+
+
+def _value_and_grads(block: Callable, args: tuple):
+    def loss(x, kernel, bias):
+        y = block(jnp.tanh, x, kernel, bias)
+        return jnp.sum(jnp.sin(y) * y)  # cotangents differ per element
+
+    return jax.value_and_grad(loss, argnums=(0, 1, 2))(*args)
+
+
+def _both_forms() -> list:
+    """(kernel's, XLA's) loss and gradients for one and for several input channels (the
+    kernel's two patch layouts), on the CPU."""
+    def pairs(args_one, args_many):
+        return [(_value_and_grads(_fused_with_input_gradient, args),
+                 _value_and_grads(reference_block, args)) for args in (args_one, args_many)]
+
+    with jax.default_device(jax.devices("cpu")[0]):
+        return jax.device_get(jax.jit(pairs)(_smoke_args(1), _smoke_args(2)))
+
+
+def smoke_test() -> None:
+    """Raises Unusable unless the kernel's forward and backward pass match the XLA form."""
+    for got, want in native_kernels.smoke_results(_both_forms):
+        native_kernels.compare_smoke(("value", "d x", "d kernel", "d bias"), got, want,
+                                     "the patch form", **_SMOKE_TOLERANCE)
+
+
+@functools.cache
+def _load() -> str | None:
+    """Registers the kernel with XLA; returns why it cannot be used, or None when it can."""
+    return native_kernels.load_or_reason(
+        _STEM, _TARGETS, _library_path(), smoke_test, DISABLE_VARIABLE,
+        "fused conv kernel {}; the XLA patch form runs instead")
+
+
+def status() -> str:
+    """'on' or why the XLA patch form runs instead, for run.json."""
+    return _load() or "on"
+
+
+def supports(activation: Callable) -> bool:
+    return activation in ACTIVATION_IDS and _load() is None
+
+
+# ---- the block -------------------------------------------------------------------------------
+
+def _f32(*shape: int) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(shape, jnp.float32)
+
+
+def conv_block(activation: Callable, x: jax.Array, kernel: jax.Array, bias: jax.Array, *,
+               input_gradient: bool = True) -> jax.Array:
+    """avg_pool_2x2(activation(conv(x, kernel) + bias)), CPU only: x (B, H, W, C) with H and W
+    even, kernel (k, k, C, O) as nnx.Conv's; (B, H/2, W/2, O).
+
+    `input_gradient=False` (for a block whose input is the data) makes x's gradient zeros
+    instead of computing it.
+    """
+    if (reason := _load()) is not None:
+        raise RuntimeError(f"the fused conv kernel cannot run: {reason}")
+    return _fused(activation, input_gradient, x, kernel, bias)
+
+
+def _fused_with_input_gradient(activation, x, kernel, bias):
+    """conv_block without checking that the kernel loaded (the smoke call runs while it loads)."""
+    return _fused(activation, True, x, kernel, bias)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
+def _fused(activation, input_gradient, x, kernel, bias):
+    return _forward(activation, input_gradient, x, kernel, bias)[0]
+
+
+def _saves_slope(x: jax.Array, kernel: jax.Array) -> bool:
+    """Whether the forward pass saves the activation's derivative for the backward pass.
+
+    Where a patch is shorter than the output's channels (the first layer: 9 entries against
+    32 channels), computing the pre-activations again costs less than writing the
+    derivatives out and reading them back; otherwise (the second layer: 288 against 64) the
+    product is the dearer part.
+    """
+    return kernel.shape[0] * kernel.shape[1] * x.shape[-1] > kernel.shape[-1]
+
+
+def _forward(activation, input_gradient, x, kernel, bias):
+    batch, height, width, _ = x.shape
+    out = kernel.shape[-1]
+    slope_shape = (batch, height, width, out) if _saves_slope(x, kernel) else _ABSENT
+    call = jax.ffi.ffi_call(_FORWARD, (_f32(batch, height // 2, width // 2, out),
+                                       _f32(*slope_shape)), vmap_method=_VMAP_METHOD)
+    y, slope = call(x, kernel, bias, activation=np.int64(ACTIVATION_IDS[activation]))
+    return y, (x, kernel, bias, slope)
+
+
+def _backward(activation, input_gradient, residuals, d_y):
+    x, kernel, bias, slope = residuals
+    d_x_shape = x.shape if input_gradient else _ABSENT
+    call = jax.ffi.ffi_call(_BACKWARD, (_f32(*d_x_shape), _f32(*kernel.shape),
+                                        _f32(*bias.shape)), vmap_method=_VMAP_METHOD)
+    d_x, d_kernel, d_bias = call(x, kernel, bias, slope, d_y,
+                                 activation=np.int64(ACTIVATION_IDS[activation]))
+    return (d_x if input_gradient else jnp.zeros_like(x)), d_kernel, d_bias
+
+
+_fused.defvjp(_forward, _backward)

@@ -1,0 +1,293 @@
+// What bench's CPU kernels (lstm_cpu.cc, conv_cpu.cc) share: vectorisable float math, the
+// activations with their derivatives, OpenBLAS products, operand checks and a small pool
+// of threads. Everything is inside an anonymous namespace: each kernel's translation unit
+// gets its own copy, and nothing here is exported from the libraries.
+
+#pragma once
+
+#include <cblas.h>  // scipy-openblas32: its symbols carry the prefix scipy_
+
+#include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <exception>
+#include <initializer_list>
+#include <limits>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "xla/ffi/api/ffi.h"
+
+namespace ffi = xla::ffi;
+
+// Weak: an OpenBLAS without it (older than the batch interface) leaves it null, and work
+// that would be spread over threads then runs on one (`member_threads`, `tile_threads`).
+extern "C" __attribute__((weak)) void scipy_cblas_sgemm_batch_strided(
+    OPENBLAS_CONST enum CBLAS_ORDER, OPENBLAS_CONST enum CBLAS_TRANSPOSE,
+    OPENBLAS_CONST enum CBLAS_TRANSPOSE, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST blasint, OPENBLAS_CONST float, OPENBLAS_CONST float*, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST blasint, OPENBLAS_CONST float*, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST float, float*, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
+    OPENBLAS_CONST blasint);
+
+namespace {
+
+#define INLINE inline __attribute__((always_inline))
+
+// ---- vectorisable float math (GCC turns each loop below into AVX code) --------------
+// libm's expf/logf calls would keep the loops scalar. These are Cephes' single-precision
+// polynomials (about 2 ulp); every function lets NaN through, so a diverging trial still
+// ends with a NaN loss.
+
+INLINE float as_float(uint32_t bits) { float f; std::memcpy(&f, &bits, 4); return f; }
+INLINE uint32_t as_bits(float f) { uint32_t b; std::memcpy(&b, &f, 4); return b; }
+
+INLINE float fast_exp(float x) {
+  float a = x == x ? x : 0.0f;  // NaN is restored at the end
+  a = a > 88.3762626647949f ? 88.3762626647949f : a;
+  a = a < -87.3365447504f ? -87.3365447504f : a;
+  // round(a / ln 2) by the 1.5 * 2^23 trick: std::floor stays scalar unless -fno-trapping-math
+  float n = (a * 1.44269504088896341f + 12582912.0f) - 12582912.0f;
+  float r = a - n * 0.693359375f + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  float scale = as_float(static_cast<uint32_t>(static_cast<int32_t>(n) + 127) << 23);
+  return x == x ? p * scale : x;
+}
+
+// log(v) for v >= 1 (all that softplus needs).
+INLINE float fast_log_ge1(float v) {
+  uint32_t bits = as_bits(v);
+  float e = static_cast<float>(static_cast<int32_t>((bits >> 23) & 0xff) - 126);
+  float m = as_float((bits & 0x807fffffu) | 0x3f000000u);  // v = m * 2^e, m in [0.5, 1)
+  bool small = m < 0.707106781186547524f;
+  e = small ? e - 1.0f : e;
+  m = small ? m + m - 1.0f : m - 1.0f;
+  float z = m * m;
+  float y = 7.0376836292e-2f;
+  y = y * m - 1.1514610310e-1f;
+  y = y * m + 1.1676998740e-1f;
+  y = y * m - 1.2420140846e-1f;
+  y = y * m + 1.4249322787e-1f;
+  y = y * m - 1.6668057665e-1f;
+  y = y * m + 2.0000714765e-1f;
+  y = y * m - 2.4999993993e-1f;
+  y = y * m + 3.3333331174e-1f;
+  y = y * m * z - 2.12194440e-4f * e - 0.5f * z;
+  return m + y + 0.693359375f * e;
+}
+
+INLINE float sigmoid(float x) { return 1.0f / (1.0f + fast_exp(-x)); }
+
+INLINE float fast_tanh(float x) {
+  float z = x * x;  // small |x|: odd polynomial, accurate near 0
+  float p = -5.70498872745e-3f;
+  p = p * z + 2.06390887954e-2f;
+  p = p * z - 5.37397155531e-2f;
+  p = p * z + 1.33314422036e-1f;
+  p = p * z - 3.33332819422e-1f;
+  float near_zero = p * z * x + x;
+  float far = 1.0f - 2.0f / (fast_exp(2.0f * x) + 1.0f);
+  return std::fabs(x) < 0.625f ? near_zero : far;
+}
+
+// ---- activations: value and derivative, as jax.nn defines them ---------------------
+// `with_activation` maps models/native_kernels.py's ACTIVATION_IDS to these.
+
+struct Linear { static INLINE void eval(float x, float& y, float& d) { y = x; d = 1.0f; } };
+struct Relu {  // jax.nn.relu: max(x, 0), gradient 0 at 0
+  static INLINE void eval(float x, float& y, float& d) { y = x < 0.0f ? 0.0f : x; d = x > 0.0f ? 1.0f : 0.0f; }
+};
+struct Sigmoid {
+  static INLINE void eval(float x, float& y, float& d) { y = sigmoid(x); d = y * (1.0f - y); }
+};
+struct Tanh {
+  static INLINE void eval(float x, float& y, float& d) { y = fast_tanh(x); d = 1.0f - y * y; }
+};
+struct Gelu {  // jax.nn.gelu(approximate=True)
+  static INLINE void eval(float x, float& y, float& d) {
+    const float k = 0.7978845608028654f, c = 0.044715f;
+    float t = fast_tanh(k * (x + c * x * x * x));
+    y = 0.5f * x * (1.0f + t);
+    d = 0.5f * (1.0f + t) + 0.5f * x * (1.0f - t * t) * k * (1.0f + 3.0f * c * x * x);
+  }
+};
+struct Silu {
+  static INLINE void eval(float x, float& y, float& d) {
+    float s = sigmoid(x);
+    y = x * s;
+    d = s * (1.0f + x * (1.0f - s));
+  }
+};
+template <int kSelu>
+struct EluLike {  // elu (alpha 1) and selu
+  static INLINE void eval(float x, float& y, float& d) {
+    const float scale = kSelu ? 1.0507009873554804934f : 1.0f;
+    const float alpha = kSelu ? 1.6732632423543772848f : 1.0f;
+    float e = fast_exp(x > 0.0f ? 0.0f : x);
+    y = scale * (x > 0.0f ? x : alpha * (e - 1.0f));
+    d = scale * (x > 0.0f ? 1.0f : alpha * e);
+  }
+};
+struct LeakyRelu {  // jax.nn.leaky_relu, negative_slope 0.01
+  static INLINE void eval(float x, float& y, float& d) {
+    y = x >= 0.0f ? x : 0.01f * x;
+    d = x >= 0.0f ? 1.0f : 0.01f;
+  }
+};
+struct Softplus {  // log(1 + e^x) = max(x, 0) + log(1 + e^-|x|)
+  static INLINE void eval(float x, float& y, float& d) {
+    y = (x > 0.0f ? x : 0.0f) + fast_log_ge1(1.0f + fast_exp(-std::fabs(x)));
+    y = x == x ? y : x;
+    d = sigmoid(x);
+  }
+};
+struct Relu6 {  // jax.nn.relu6: gradient 0 at 0 and at 6
+  static INLINE void eval(float x, float& y, float& d) {
+    y = x < 0.0f ? 0.0f : (x > 6.0f ? 6.0f : x);
+    d = ((x > 0.0f) & (x < 6.0f)) ? 1.0f : 0.0f;
+  }
+};
+struct Mish {  // x tanh(softplus(x)); with u = e^x, tanh(softplus(x)) = (u^2 + 2u) / (u^2 + 2u + 2)
+  static INLINE void eval(float x, float& y, float& d) {
+    float u = fast_exp(x < 20.0f ? x : 20.0f);
+    float n = u * u + 2.0f * u;
+    float t = x < 20.0f ? n / (n + 2.0f) : 1.0f;
+    t = x == x ? t : x;
+    y = x * t;
+    d = t + x * (1.0f - t * t) * sigmoid(x);
+  }
+};
+
+constexpr int64_t kActivations = 12;  // the cases of with_activation
+
+// Calls `f(Act{})` with the activation of models/native_kernels.py's ACTIVATION_IDS `id`
+// (checked by the caller against kActivations first).
+template <class F>
+void with_activation(int64_t id, F&& f) {
+  switch (id) {
+    case 0: f(Linear{}); return;
+    case 1: f(Relu{}); return;
+    case 2: f(Sigmoid{}); return;
+    case 3: f(Tanh{}); return;
+    case 4: f(Gelu{}); return;
+    case 5: f(Silu{}); return;
+    case 6: f(EluLike<0>{}); return;
+    case 7: f(LeakyRelu{}); return;
+    case 8: f(Softplus{}); return;
+    case 9: f(EluLike<1>{}); return;
+    case 10: f(Relu6{}); return;
+    case 11: f(Mish{}); return;
+    default: return;
+  }
+}
+
+// ---- matrix products ------------------------------------------------------------------
+
+// C = op(A) op(B) + beta C, row-major (sizes checked by check_sizes to fit the 32-bit BLAS).
+struct Gemm {
+  // On the calling thread only, for a thread that runs one population member while others
+  // run the rest: as a batch of one product. OpenBLAS computes each product of a batch on a
+  // single thread and a batch of one on the caller's (driver/level3/gemm_batch_thread.c),
+  // whereas plain sgemms from several threads at once would queue for OpenBLAS's threads.
+  // False: a plain sgemm, split over OpenBLAS's threads.
+  bool alone = false;
+
+  void operator()(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc) const {
+    // No element of C: nothing to compute, and not left to OpenBLAS's batch code, whose
+    // source skips filling in such a product's entry but still runs the batch.
+    if (m == 0 || n == 0) return;
+    if (alone)
+      scipy_cblas_sgemm_batch_strided(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, 0, b, ldb, 0,
+                                      beta, c, ldc, 0, 1);
+    else
+      scipy_cblas_sgemm(CblasRowMajor, ta, tb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  }
+};
+
+using F32 = ffi::Buffer<ffi::F32>;
+using F32Out = ffi::ResultBuffer<ffi::F32>;
+using Dims = ffi::Span<const int64_t>;
+
+// ---- operand checks -------------------------------------------------------------------
+
+template <class Ints>
+std::string shape_text(const Ints& dims) {
+  std::string text = "(";
+  for (int64_t n : dims) text += (text.size() > 1 ? ", " : "") + std::to_string(n);
+  return text + ")";
+}
+
+// The first failed check, or success.
+ffi::Error first_error(std::initializer_list<ffi::Error> checks) {
+  for (const ffi::Error& check : checks)
+    if (check.failure()) return check;
+  return ffi::Error::Success();
+}
+
+// `error` with the handler's name in front, so that Python's exception says which call failed.
+ffi::Error in(const char* handler, const ffi::Error& error) {
+  if (error.success()) return error;
+  return ffi::Error::InvalidArgument(std::string(handler) + ": " + error.message());
+}
+
+void copy_floats(float* to, const float* from, int64_t count) {
+  if (count > 0) std::memcpy(to, from, count * sizeof(float));  // an empty buffer may be null
+}
+
+
+// ---- threads ----------------------------------------------------------------------------
+
+// Runs `run(task, thread, gemm)` for tasks 0 .. tasks - 1 on `threads` threads, this one
+// included (thread 0); each thread takes the next task not yet taken until none is left.
+// Tasks write disjoint slices, or per-thread scratch indexed by `thread`. An exception
+// (std::bad_alloc from a task's scratch) must not leave a thread, which would end the
+// process: it becomes the handler's error, once every thread is done.
+template <class Run>
+ffi::Error for_each_task(const char* handler, int64_t tasks, int64_t threads, const Run& run) {
+  const Gemm gemm{threads > 1};
+  std::atomic<int64_t> next{0};
+  std::vector<std::exception_ptr> errors(threads);  // one slot per thread: no lock
+  auto work = [&](int64_t thread) noexcept {
+    for (int64_t m; (m = next.fetch_add(1)) < tasks;) {
+      try {
+        run(m, thread, gemm);
+      } catch (...) {
+        errors[thread] = std::current_exception();
+        next.store(tasks);  // start no other task
+      }
+    }
+  };
+  std::vector<std::thread> helpers;
+  try {
+    helpers.reserve(threads - 1);
+    for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work, t);
+  } catch (...) {  // no more threads to be had: those started take the remaining tasks
+  }
+  work(0);
+  for (std::thread& helper : helpers) helper.join();
+  for (const std::exception_ptr& error : errors) {
+    if (!error) continue;
+    std::string what = "unknown exception";
+    try {
+      std::rethrow_exception(error);
+    } catch (const std::exception& e) {
+      what = e.what();
+    } catch (...) {
+    }
+    return ffi::Error::Internal(std::string(handler) + ": " + what);
+  }
+  return ffi::Error::Success();
+}
+
+}  // namespace
