@@ -1,7 +1,7 @@
 """Builds the optional CPU kernels; everything else is in pyproject.toml.
 
-models/native/lstm_cpu.cc (the fused LSTM loop) and models/native/conv_cpu.cc (the fused
-convolution block) are each compiled into a library against the XLA FFI headers that
+models/native/lstm_cpu.cc (the fused LSTM loop), cells_cpu.cc (the GRU's and the simple
+cell's loops) and conv_cpu.cc (the fused convolution block) are each compiled into a library against the XLA FFI headers that
 jaxlib ships and linked against OpenBLAS from scipy-openblas32 (both build requirements),
 for the CPU of the machine that installs it (-march=native). Beside each library the build
 writes its build record, e.g. _lstm_cpu.json: the instruction-set features the compiler
@@ -204,5 +204,5 @@ def cpu_kernel(name: str) -> Extension:
                      extra_compile_args=list(_FLAGS), optional=True)
 
 
-setup(ext_modules=[cpu_kernel("lstm_cpu"), cpu_kernel("conv_cpu")],
+setup(ext_modules=[cpu_kernel("lstm_cpu"), cpu_kernel("cells_cpu"), cpu_kernel("conv_cpu")],
       cmdclass={"build_ext": BuildWithHeaders})

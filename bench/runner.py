@@ -27,7 +27,7 @@ from bench.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig
                           make_config)
 from bench.sweepfile import Sweep
 from bench.work import DataSpec, Job
-from models import fused_conv, fused_lstm
+from models import fused_cells, fused_conv, fused_lstm
 
 
 @dataclass(frozen=True)
@@ -176,6 +176,7 @@ def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv
                                      data=dataset.describe(), argv=[command],
                                      extra={"name": sweep.name, "calibration": peak,
                                             "fused_lstm_cpu": fused_lstm.status(),
+                                            "fused_cells_cpu": fused_cells.status(),
                                             "fused_conv_cpu": fused_conv.status(),
                                             "openblas_threads": fused_lstm.blas_threads(),
                                             "protocol": dataclasses.asdict(options.protocol),
@@ -226,6 +227,8 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
     if header["device"]["platform"] == "cpu" and any(_is_lstm(t) for t in sweep.trials):
         console.print(f"LSTM time loop: fused CPU kernel {fused_lstm.status()}")
+    if header["device"]["platform"] == "cpu" and any(_is_gru_or_simple(t) for t in sweep.trials):
+        console.print(f"GRU/simple-cell time loop: fused CPU kernel {fused_cells.status()}")
     if header["device"]["platform"] == "cpu" and any(_is_tuned_conv(t) for t in sweep.trials):
         console.print(f"convolution blocks: fused CPU kernel {fused_conv.status()}")
     population = (header.get("resumed") or [header])[-1].get("population")
@@ -253,6 +256,10 @@ def _units_line(units: list[Unit]) -> str:
 
 def _is_lstm(trial: TrialConfig) -> bool:
     return trial.model == "recurrent" and trial.cell == "lstm"
+
+
+def _is_gru_or_simple(trial: TrialConfig) -> bool:
+    return trial.model == "recurrent" and trial.cell != "lstm" and trial.impl == "tuned"
 
 
 def _is_tuned_conv(trial: TrialConfig) -> bool:

@@ -103,11 +103,12 @@ def machine_facts(node: str | None = None, *, device=None, calibration: dict | N
     if device is not None:
         import jax
 
-        from models import fused_conv, fused_lstm
+        from models import fused_cells, fused_conv, fused_lstm
         facts.update(platform=device.platform, device_kind=device.device_kind,
                      device_count=len(jax.devices(device.platform)))
         if device.platform == "cpu":
             facts["fused_lstm_cpu"] = fused_lstm.status()
+            facts["fused_cells_cpu"] = fused_cells.status()
             facts["fused_conv_cpu"] = fused_conv.status()
     if calibration is not None:
         facts["peak_flops"] = calibration.get("peak_flops")

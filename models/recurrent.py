@@ -3,7 +3,8 @@
 The parameters are those of a fused cell (`input_proj`: x -> gates, with the bias;
 `recurrent_kernel`: h -> gates). For speed, each step multiplies [h, x_t] by both at
 once and the time loop has a hand-written backward pass (models/recurrence.py says
-why); on CPU the LSTM's loop is one compiled kernel (models/fused_lstm.py). The gate
+why); on CPU each cell's loop is one compiled kernel (models/fused_lstm.py for the LSTM,
+models/fused_cells.py for the GRU and the simple cell). The gate
 equations are those of `nnx.LSTMCell`, `nnx.GRUCell` and `nnx.SimpleCell` (a test
 checks this). `activation` plays the part of Keras'
 `activation` argument: it replaces tanh on the candidate and output (LSTM), the
@@ -20,7 +21,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from models import fused_lstm
+from models import fused_cells, fused_lstm
 from models.layers import dropout as apply_dropout, split_keys
 from models.recurrence import recur
 
@@ -109,7 +110,8 @@ class Recurrent(nnx.Module):
         args = ((zeros,) * kind.carry_size, jnp.swapaxes(x, 0, 1), kernel, bias)  # time-major
         xla_loop = partial(recur, partial(kind.update, self.activation), self.unroll)
         if self._fused(x):
-            fused = partial(fused_lstm.lstm, self.activation)
+            fused = (partial(fused_lstm.lstm, self.activation) if self.cell == "lstm"
+                     else partial(fused_cells.loop, self.cell, self.activation))
             carry = jax.lax.platform_dependent(*args, cpu=fused, default=xla_loop)
         else:
             carry = xla_loop(*args)
@@ -117,8 +119,9 @@ class Recurrent(nnx.Module):
         return self.head(apply_dropout(carry[-1], rate, key))
 
     def _fused(self, x: jax.Array) -> bool:
-        """Whether the CPU kernel can run this loop (cost analysis unrolls it instead)."""
+        """Whether a CPU kernel can run this loop (cost analysis unrolls it instead)."""
         rolled = self.unroll == 1 and not isinstance(self.unroll, bool)  # True == 1, too
-        return (self.fused_kernel and self.cell == "lstm" and rolled
-                and x.dtype == self.input_proj.kernel.dtype == jnp.float32
-                and fused_lstm.supports(self.activation))
+        supported = (fused_lstm.supports(self.activation) if self.cell == "lstm"
+                     else fused_cells.supports(self.cell, self.activation))
+        return (self.fused_kernel and rolled and supported
+                and x.dtype == self.input_proj.kernel.dtype == jnp.float32)

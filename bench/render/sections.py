@@ -486,6 +486,7 @@ def _environment_rows(header: dict) -> dict[str, str]:
     items |= {f"protocol {k.replace('_', ' ')}": ", ".join(map(str, v)) if isinstance(v, list) else v
               for k, v in (header.get("protocol") or {}).items()}
     items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
+    items["fused GRU/simple-cell kernel (CPU)"] = header.get("fused_cells_cpu")
     items["fused conv kernel (CPU)"] = header.get("fused_conv_cpu")
     items["OpenBLAS threads (CPU kernels)"] = header.get("openblas_threads")
     items["data provenance"] = (header.get("data") or {}).get("provenance")

@@ -45,9 +45,9 @@ int64_t tile_images(const ConvShape& s) {
   return std::max<int64_t>(1, kTileRows / std::max<int64_t>(1, s.pixels()));
 }
 
-// Threads for `tiles` tiles: one per tile up to OpenBLAS's thread count (models/fused_lstm.py
-// caps it to the cores XLA runs on); one, with multithreaded products, where a product could
-// not be kept on its thread.
+// Threads for `tiles` tiles: one per tile up to OpenBLAS's thread count (which
+// models/native_kernels.py caps to the cores XLA runs on); one, with multithreaded products,
+// where a product could not be kept on its thread.
 int64_t tile_threads(int64_t tiles) {
   if (tiles < 2 || scipy_cblas_sgemm_batch_strided == nullptr) return 1;
   return std::min<int64_t>(tiles, std::max(1, scipy_openblas_get_num_threads()));

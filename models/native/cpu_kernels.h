@@ -229,20 +229,64 @@ std::string shape_text(const Ints& dims) {
 }
 
 // The first failed check, or success.
-ffi::Error first_error(std::initializer_list<ffi::Error> checks) {
+inline ffi::Error first_error(std::initializer_list<ffi::Error> checks) {
   for (const ffi::Error& check : checks)
     if (check.failure()) return check;
   return ffi::Error::Success();
 }
 
 // `error` with the handler's name in front, so that Python's exception says which call failed.
-ffi::Error in(const char* handler, const ffi::Error& error) {
+inline ffi::Error in(const char* handler, const ffi::Error& error) {
   if (error.success()) return error;
   return ffi::Error::InvalidArgument(std::string(handler) + ": " + error.message());
 }
 
-void copy_floats(float* to, const float* from, int64_t count) {
+inline void copy_floats(float* to, const float* from, int64_t count) {
   if (count > 0) std::memcpy(to, from, count * sizeof(float));  // an empty buffer may be null
+}
+
+
+// ---- populations (leading dimensions under jax.vmap) -------------------------------
+
+// The population's leading dimensions (none outside jax.vmap), shared by every operand and
+// result of one call, and the number of members they hold.
+struct Population {
+  std::vector<int64_t> dims;
+  int64_t members = 1;
+
+  // The leading dimensions of `operand`, which has `rank` dimensions per member.
+  static Population of(Dims operand, size_t rank) {
+    Population p;
+    p.dims.assign(operand.begin(), operand.end() - rank);  // callers check size() >= rank
+    for (int64_t n : p.dims) p.members = n == 0 || p.members == 0 ? 0 : p.members * n;
+    return p;
+  }
+
+  // `per_member` (names of a member's dimensions) behind the leading dimensions, for errors.
+  std::string text(const char* per_member) const {
+    std::string lead = shape_text(dims);
+    lead.pop_back();
+    return lead + (dims.empty() ? "" : ", ") + per_member + ")";
+  }
+};
+
+// An error naming `operand` unless its dimensions are the population's, then `want`.
+inline ffi::Error expect(const char* operand, Dims got, const Population& p,
+                  std::initializer_list<int64_t> want) {
+  std::vector<int64_t> full(p.dims);
+  full.insert(full.end(), want.begin(), want.end());
+  if (got.size() == full.size() && std::equal(full.begin(), full.end(), got.begin()))
+    return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(operand) + " must be " + shape_text(full) +
+                                     ", got " + shape_text(got));
+}
+
+// An error naming `operand` unless it has the population's dimensions and `rank` more.
+inline ffi::Error expect_rank(const char* operand, Dims got, const Population& p, size_t rank,
+                       const char* per_member) {
+  if (got.size() == p.dims.size() + rank) return ffi::Error::Success();
+  return ffi::Error::InvalidArgument(std::string(operand) + " must be " + p.text(per_member) +
+                                     ", got " + shape_text(got));
 }
 
 
@@ -288,6 +332,27 @@ ffi::Error for_each_task(const char* handler, int64_t tasks, int64_t threads, co
     return ffi::Error::Internal(std::string(handler) + ": " + what);
   }
   return ffi::Error::Success();
+}
+
+// ---- a population's members ------------------------------------------------------------
+
+// The threads that run a population of `members`: one for a single member (its products
+// then use OpenBLAS's threads) or where only one thread is allowed; else one per member up
+// to OpenBLAS's thread count, which models/native_kernels.py caps to the cores XLA runs on.
+// Spreading members over threads measured faster than running them one after another with
+// multithreaded products (docs/measurements.md, "Populations").
+inline int64_t member_threads(int64_t members) {
+  if (members < 2 || scipy_cblas_sgemm_batch_strided == nullptr) return 1;
+  return std::min<int64_t>(members, std::max(1, scipy_openblas_get_num_threads()));
+}
+
+// Runs `run(member, gemm)` for members 0 .. members - 1 on `threads` threads (each
+// member's slices are its own).
+template <class Run>
+ffi::Error for_each_member(const char* handler, int64_t members, int64_t threads,
+                           const Run& run) {
+  return for_each_task(handler, members, threads,
+                       [&](int64_t m, int64_t, const Gemm& gemm) { run(m, gemm); });
 }
 
 }  // namespace
