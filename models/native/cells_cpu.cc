@@ -125,23 +125,6 @@ void backward(const Gemm& gemm, const Shape& s, const float* kernel, const float
   }
 }
 
-// d kernel = sum over t of [h_{t-1}, x_t]^T d z_t, as one product; d bias = sum of d z.
-void kernel_gradient(const Gemm& gemm, const Shape& s, const float* hx, const float* d_z,
-                     float* d_kernel, float* d_bias) {
-  const int64_t rows = s.T * s.B, K = s.K(), G = s.G;
-  if (rows == 0) {  // nothing to sum; not left to how a BLAS treats an empty inner dimension
-    std::memset(d_kernel, 0, K * G * sizeof(float));
-  } else {
-    gemm(CblasTrans, CblasNoTrans, K, G, rows, hx, K, d_z, G, 0.0f, d_kernel, G);
-  }
-  std::memset(d_bias, 0, G * sizeof(float));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = d_z + r * G;
-#pragma omp simd
-    for (int64_t j = 0; j < G; ++j) d_bias[j] += row[j];
-  }
-}
-
 // Calls `f(Cell{})` for models/fused_cells.py's CELL_IDS `id` (1: GRU, 2: simple).
 template <class F>
 bool with_cell(int64_t id, F&& f) {
@@ -249,7 +232,7 @@ ffi::Error BackwardImpl(F32 kernel, F32 coefs, F32 d_h_last, F32 hx, int64_t cel
       backward<Cell>(gemm, s, kernel.typed_data() + m * K * G,
                      coefs.typed_data() + m * T * B * C * H, d_h0->typed_data() + m * B * H,
                      d_z_m);
-      kernel_gradient(gemm, s, hx.typed_data() + m * T * B * K, d_z_m,
+      kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K, d_z_m,
                       d_kernel->typed_data() + m * K * G, d_bias->typed_data() + m * G);
     };
     result = for_each_member(kName, p.members, member_threads(p.members), run);

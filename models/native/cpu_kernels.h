@@ -219,6 +219,23 @@ using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 using Dims = ffi::Span<const int64_t>;
 
+// d kernel = [h_{t-1}, x_t]^T d z summed over all `rows` (steps x batch), as one product;
+// d bias = the sum of d z's rows. hx is (rows, K), d_z (rows, G).
+inline void kernel_gradient(const Gemm& gemm, int64_t rows, int64_t K, int64_t G,
+                            const float* hx, const float* d_z, float* d_kernel, float* d_bias) {
+  if (rows == 0) {  // nothing to sum; not left to how a BLAS treats an empty inner dimension
+    std::memset(d_kernel, 0, K * G * sizeof(float));
+  } else {
+    gemm(CblasTrans, CblasNoTrans, K, G, rows, hx, K, d_z, G, 0.0f, d_kernel, G);
+  }
+  std::memset(d_bias, 0, G * sizeof(float));
+  for (int64_t r = 0; r < rows; ++r) {
+    const float* row = d_z + r * G;
+#pragma omp simd
+    for (int64_t j = 0; j < G; ++j) d_bias[j] += row[j];
+  }
+}
+
 // ---- operand checks -------------------------------------------------------------------
 
 template <class Ints>

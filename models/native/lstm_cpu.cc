@@ -115,23 +115,6 @@ void backward(const Gemm& gemm, const Shape& s, const float* kernel, const float
   }
 }
 
-// d kernel = sum over t of [h_{t-1}, x_t]^T d z_t, as one product; d bias = sum of d z.
-void kernel_gradient(const Gemm& gemm, const Shape& s, const float* hx, const float* d_z,
-                     float* d_kernel, float* d_bias) {
-  const int64_t rows = s.T * s.B, K = s.K(), G = s.G();
-  if (rows == 0) {  // nothing to sum; not left to how a BLAS treats an empty inner dimension
-    std::memset(d_kernel, 0, K * G * sizeof(float));
-  } else {
-    gemm(CblasTrans, CblasNoTrans, K, G, rows, hx, K, d_z, G, 0.0f, d_kernel, G);
-  }
-  std::memset(d_bias, 0, G * sizeof(float));
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* row = d_z + r * G;
-#pragma omp simd
-    for (int64_t j = 0; j < G; ++j) d_bias[j] += row[j];
-  }
-}
-
 // Sizes the loops and scipy-openblas32's 32-bit BLAS interface can take.
 ffi::Error check_sizes(const Shape& s) {
   if (s.H < 1 || s.F < 0)
@@ -243,7 +226,7 @@ ffi::Error BackwardImpl(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32
     backward(gemm, s, kernel.typed_data() + m * K * G, c0.typed_data() + m * B * H,
              coefs.typed_data() + m * T * B * kCoefs * H, cs.typed_data() + m * T * B * H,
              d_h0->typed_data() + m * B * H, d_c0->typed_data() + m * B * H, d_z_m);
-    kernel_gradient(gemm, s, hx.typed_data() + m * T * B * K, d_z_m,
+    kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K, d_z_m,
                     d_kernel->typed_data() + m * K * G, d_bias->typed_data() + m * G);
   };
   return for_each_member("bench_lstm_backward", p.members, member_threads(p.members), run);
