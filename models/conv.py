@@ -40,13 +40,13 @@ class Conv(nnx.Module):
         """Logits. `dropout_rate` (a population member's) replaces the built-in rate."""
         rate = self.dropout if dropout_rate is None else dropout_rate
         act = self.activation
-        x = self._block(self.conv1, x[..., None], input_gradient=False)  # x is the data
+        x = self._block(self.conv1, x[..., None])
         x = self._block(self.conv2, x)
         x = act(self.dense(x.reshape(x.shape[0], -1)))
         (key,) = split_keys(dropout_key, 1)
         return self.out(apply_dropout(x, rate, key))
 
-    def _block(self, conv: PatchConv, x: jax.Array, *, input_gradient: bool = True) -> jax.Array:
+    def _block(self, conv: PatchConv, x: jax.Array) -> jax.Array:
         """avg_pool_2x2(act(conv(x))): the CPU kernel where it can run, else the XLA form."""
         act = self.activation
 
@@ -57,6 +57,6 @@ class Conv(nnx.Module):
         if not (self.fused_kernel and x.dtype == conv.kernel.dtype == jnp.float32
                 and fused_conv.supports(act)):
             return avg_pool_2x2(act(conv(x)))
-        fused = partial(fused_conv.conv_block, act, input_gradient=input_gradient)
+        fused = partial(fused_conv.conv_block, act)
         return jax.lax.platform_dependent(x, conv.kernel[...], conv.bias[...], cpu=fused,
                                           default=xla_form)

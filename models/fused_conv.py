@@ -29,6 +29,7 @@ from pathlib import Path
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.custom_derivatives import SymbolicZero
 
 from models import native_kernels
 from models.layers import avg_pool_2x2, image_patches
@@ -77,7 +78,7 @@ def _both_forms() -> list:
     """(kernel's, XLA's) loss and gradients for one and for several input channels (the
     kernel's two patch layouts), on the CPU."""
     def pairs(args_one, args_many):
-        return [(_value_and_grads(_fused_with_input_gradient, args),
+        return [(_value_and_grads(_fused, args),
                  _value_and_grads(reference_block, args)) for args in (args_one, args_many)]
 
     with jax.default_device(jax.devices("cpu")[0]):
@@ -114,27 +115,23 @@ def _f32(*shape: int) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(shape, jnp.float32)
 
 
-def conv_block(activation: Callable, x: jax.Array, kernel: jax.Array, bias: jax.Array, *,
-               input_gradient: bool = True) -> jax.Array:
+def conv_block(activation: Callable, x: jax.Array, kernel: jax.Array,
+               bias: jax.Array) -> jax.Array:
     """avg_pool_2x2(activation(conv(x, kernel) + bias)), CPU only: x (B, H, W, C) with H and W
     even, kernel (k, k, C, O) as nnx.Conv's; (B, H/2, W/2, O).
 
-    `input_gradient=False` (for a block whose input is the data) makes x's gradient zeros
-    instead of computing it.
+    The backward pass computes x's gradient only where x is differentiated (not for the
+    first block, whose input is the data): JAX says so through symbolic zeros.
     """
     if (reason := _load()) is not None:
         raise RuntimeError(f"the fused conv kernel cannot run: {reason}")
-    return _fused(activation, input_gradient, x, kernel, bias)
+    return _fused(activation, x, kernel, bias)
 
 
-def _fused_with_input_gradient(activation, x, kernel, bias):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _fused(activation, x, kernel, bias):
     """conv_block without checking that the kernel loaded (the smoke call runs while it loads)."""
-    return _fused(activation, True, x, kernel, bias)
-
-
-@functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
-def _fused(activation, input_gradient, x, kernel, bias):
-    return _forward(activation, input_gradient, x, kernel, bias)[0]
+    return _call_forward(activation, x, kernel, bias)[0]
 
 
 def _saves_slope(x: jax.Array, kernel: jax.Array) -> bool:
@@ -148,24 +145,32 @@ def _saves_slope(x: jax.Array, kernel: jax.Array) -> bool:
     return kernel.shape[0] * kernel.shape[1] * x.shape[-1] > kernel.shape[-1]
 
 
-def _forward(activation, input_gradient, x, kernel, bias):
+def _call_forward(activation, x, kernel, bias):
     batch, height, width, _ = x.shape
     out = kernel.shape[-1]
     slope_shape = (batch, height, width, out) if _saves_slope(x, kernel) else _ABSENT
     call = jax.ffi.ffi_call(_FORWARD, (_f32(batch, height // 2, width // 2, out),
                                        _f32(*slope_shape)), vmap_method=_VMAP_METHOD)
-    y, slope = call(x, kernel, bias, activation=np.int64(ACTIVATION_IDS[activation]))
-    return y, (x, kernel, bias, slope)
+    return call(x, kernel, bias, activation=np.int64(ACTIVATION_IDS[activation]))
 
 
-def _backward(activation, input_gradient, residuals, d_y):
-    x, kernel, bias, slope = residuals
-    d_x_shape = x.shape if input_gradient else _ABSENT
+def _forward(activation, x, kernel, bias):
+    """With symbolic zeros: each operand comes with whether it is differentiated."""
+    y, slope = _call_forward(activation, x.value, kernel.value, bias.value)
+    wants_d_x = jnp.zeros((), jnp.float32) if x.perturbed else None  # a marker, or none
+    return y, (x.value, kernel.value, bias.value, slope, wants_d_x)
+
+
+def _backward(activation, residuals, d_y):
+    x, kernel, bias, slope, wants_d_x = residuals
+    if isinstance(d_y, SymbolicZero):  # the block's output is not used
+        d_y = jnp.zeros(d_y.aval.shape, d_y.aval.dtype)
+    d_x_shape = x.shape if wants_d_x is not None else _ABSENT
     call = jax.ffi.ffi_call(_BACKWARD, (_f32(*d_x_shape), _f32(*kernel.shape),
                                         _f32(*bias.shape)), vmap_method=_VMAP_METHOD)
     d_x, d_kernel, d_bias = call(x, kernel, bias, slope, d_y,
                                  activation=np.int64(ACTIVATION_IDS[activation]))
-    return (d_x if input_gradient else jnp.zeros_like(x)), d_kernel, d_bias
+    return (d_x if wants_d_x is not None else jnp.zeros_like(x)), d_kernel, d_bias
 
 
-_fused.defvjp(_forward, _backward)
+_fused.defvjp(_forward, _backward, symbolic_zeros=True)

@@ -108,15 +108,27 @@ def test_kernel_equals_nnx_conv_in_every_layout(case):
 
 @pytest.mark.parametrize("case", ["one channel, derivatives computed again",
                                   "several channels, derivatives saved"])
-def test_without_input_gradient_the_parameter_gradients_are_unchanged(case):
+def test_input_gradient_is_computed_only_when_asked_for(case):
+    """The first block's input is the data: differentiating only the parameters, the
+    backward call declares no input gradient (shape (0,)), and the parameters' gradients
+    are still nnx.Conv's."""
     kernel_on()
     args = block_args(*LAYOUTS[case])
-    block = partial(fused_conv.conv_block, jax.nn.relu, input_gradient=False)
-    (value, (d_x, d_kernel, d_bias)) = value_and_grads(block, args)
-    want_value, (_, want_kernel, want_bias) = value_and_grads(
-        partial(stock_block, jax.nn.relu), args)
-    assert_same((value, d_kernel, d_bias), (want_value, want_kernel, want_bias))
-    assert not np.any(np.asarray(d_x))
+    block = partial(fused_conv.conv_block, jax.nn.relu)
+    stock = partial(stock_block, jax.nn.relu)
+    assert_same(value_and_grads(block, args, argnums=(1, 2)),
+                value_and_grads(stock, args, argnums=(1, 2)))
+
+    def backward_results(argnums) -> str:
+        def loss(x, kernel, bias):
+            return jnp.sum(jnp.sin(block(x, kernel, bias)))
+
+        text = jax.jit(jax.grad(loss, argnums)).lower(*args).as_text()
+        (line,) = [line for line in text.splitlines() if "@bench_conv_block_backward(" in line]
+        return line.rpartition("->")[2]
+
+    assert backward_results((1, 2)).startswith(" (tensor<0xf32>")
+    assert backward_results((0, 1, 2)).startswith(f" (tensor<{'x'.join(map(str, args[0].shape))}xf32>")
 
 
 def test_vmapped_block_equals_each_member_alone():
@@ -155,6 +167,23 @@ def test_cpu_cnn_runs_the_kernel_and_other_platforms_the_xla_form():
     assert custom_calls(model, "cpu") == set()
     other = tiny("conv", lambda x: x * jax.nn.sigmoid(x))  # an activation the kernel lacks
     assert custom_calls(other, "cpu") == set()
+
+
+def test_cnn_computes_no_input_gradient_for_the_data():
+    """Training differentiates the parameters, not the images: the first block's backward
+    call declares no input gradient, the second block's one of its input's shape."""
+    kernel_on()
+    model = tiny("conv", jax.nn.relu)
+    graphdef, state = nnx.split(model)
+
+    def loss(state, x):
+        return jnp.sum(nnx.merge(graphdef, state)(x))
+
+    text = jax.jit(jax.grad(loss)).lower(state, images()).as_text()
+    results = sorted(line.rpartition("->")[2].split(",")[0] for line in text.splitlines()
+                     if "@bench_conv_block_backward(" in line)
+    channels = model.conv2.kernel.shape[2]
+    assert results == sorted([" (tensor<0xf32>", f" (tensor<{len(images())}x14x14x{channels}xf32>"])
 
 
 def test_cnn_with_the_kernel_equals_the_xla_form():
