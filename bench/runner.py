@@ -175,9 +175,7 @@ def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv
         header = results.make_header(run_dir.name, device=device_facts,
                                      data=dataset.describe(), argv=[command],
                                      extra={"name": sweep.name, "calibration": peak,
-                                            "fused_lstm_cpu": fused_lstm.status(),
-                                            "fused_cells_cpu": fused_cells.status(),
-                                            "fused_conv_cpu": fused_conv.status(),
+                                            **work.cpu_kernel_statuses(),
                                             "openblas_threads": fused_lstm.blas_threads(),
                                             "protocol": dataclasses.asdict(options.protocol),
                                             "options": _recordable(options),
@@ -225,12 +223,10 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
     console.print(f"data: {data_line(header['data'])}")
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
-    if header["device"]["platform"] == "cpu" and any(_is_lstm(t) for t in sweep.trials):
-        console.print(f"LSTM time loop: fused CPU kernel {fused_lstm.status()}")
-    if header["device"]["platform"] == "cpu" and any(_is_gru_or_simple(t) for t in sweep.trials):
-        console.print(f"GRU/simple-cell time loop: fused CPU kernel {fused_cells.status()}")
-    if header["device"]["platform"] == "cpu" and any(_is_tuned_conv(t) for t in sweep.trials):
-        console.print(f"convolution blocks: fused CPU kernel {fused_conv.status()}")
+    if header["device"]["platform"] == "cpu":
+        for label, runs_it, kernel in _CPU_KERNELS:
+            if any(runs_it(t) for t in sweep.trials):
+                console.print(f"{label}: fused CPU kernel {kernel.status()}")
     population = (header.get("resumed") or [header])[-1].get("population")
     console.print(f"populations ({population}): {_units_line(units)}")
     if executor.name != "serial":
@@ -254,16 +250,13 @@ def _units_line(units: list[Unit]) -> str:
             + (f", {alone} alone" if alone else ""))
 
 
-def _is_lstm(trial: TrialConfig) -> bool:
-    return trial.model == "recurrent" and trial.cell == "lstm"
-
-
-def _is_gru_or_simple(trial: TrialConfig) -> bool:
-    return trial.model == "recurrent" and trial.cell != "lstm" and trial.impl == "tuned"
-
-
-def _is_tuned_conv(trial: TrialConfig) -> bool:
-    return trial.model == "conv" and trial.impl == "tuned"
+# The CPU kernels a run says it used, each with the trials that run it.
+_CPU_KERNELS = [
+    ("LSTM time loop", lambda t: t.model == "recurrent" and t.cell == "lstm", fused_lstm),
+    ("GRU/simple-cell time loop",
+     lambda t: t.model == "recurrent" and t.cell != "lstm" and t.impl == "tuned", fused_cells),
+    ("convolution blocks", lambda t: t.model == "conv" and t.impl == "tuned", fused_conv),
+]
 
 
 def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:

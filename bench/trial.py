@@ -106,6 +106,10 @@ def _program(model, config: TrialConfig, tx, protocol: TimingProtocol):
                          uses_dropout=config.dropout > 0, round_steps=protocol.round_steps)
 
 
+# What a model is switched to for its FLOP count: loops unrolled, XLA forms instead of kernels.
+_COUNTED_FORM = {"unroll": True, "fused_kernel": False}
+
+
 def _step_flops(model, program, config, tx, protocol, state, x, y, key) -> float | None:
     """FLOPs of one training step: XLA's count for a round (a scan, so its body: one step).
 
@@ -115,10 +119,10 @@ def _step_flops(model, program, config, tx, protocol, state, x, y, key) -> float
     in its XLA form. `program` has already split `model`, so changing it here does not
     affect training.
     """
-    if hasattr(model, "unroll") or hasattr(model, "fused_kernel"):
-        if hasattr(model, "unroll"):
-            model.unroll = True
-        model.fused_kernel = False
+    counted_form = {name: value for name, value in _COUNTED_FORM.items() if hasattr(model, name)}
+    if counted_form:
+        for name, value in counted_form.items():
+            setattr(model, name, value)
         program = _program(model, config, tx, protocol)
     return costs.flops(jax.jit(program.train_round).lower(state, x, y, key))
 

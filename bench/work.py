@@ -90,6 +90,13 @@ def remember_dataset(spec: DataSpec, dataset) -> None:
     _DATASETS[spec] = dataset
 
 
+def cpu_kernel_statuses() -> dict[str, str]:
+    """Which CPU kernels ran ('on', or why the XLA form ran instead), as run.json names them."""
+    from models import fused_cells, fused_conv, fused_lstm  # imports JAX: not at module import
+    return {"fused_lstm_cpu": fused_lstm.status(), "fused_cells_cpu": fused_cells.status(),
+            "fused_conv_cpu": fused_conv.status()}
+
+
 def machine_facts(node: str | None = None, *, device=None, calibration: dict | None = None) -> dict:
     """The facts a record carries about the machine that produced it; without a device,
     the host's alone (the driver of a Ray run)."""
@@ -103,13 +110,10 @@ def machine_facts(node: str | None = None, *, device=None, calibration: dict | N
     if device is not None:
         import jax
 
-        from models import fused_cells, fused_conv, fused_lstm
         facts.update(platform=device.platform, device_kind=device.device_kind,
                      device_count=len(jax.devices(device.platform)))
         if device.platform == "cpu":
-            facts["fused_lstm_cpu"] = fused_lstm.status()
-            facts["fused_cells_cpu"] = fused_cells.status()
-            facts["fused_conv_cpu"] = fused_conv.status()
+            facts.update(cpu_kernel_statuses())
     if calibration is not None:
         facts["peak_flops"] = calibration.get("peak_flops")
         facts["calibration"] = {k: calibration.get(k)

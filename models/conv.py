@@ -16,7 +16,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 from models import fused_conv
-from models.layers import PatchConv, avg_pool_2x2, dropout as apply_dropout, split_keys
+from models.layers import (PatchConv, avg_pool_2x2, dropout as apply_dropout, patch_conv,
+                           split_keys)
 
 
 class Conv(nnx.Module):
@@ -49,14 +50,13 @@ class Conv(nnx.Module):
     def _block(self, conv: PatchConv, x: jax.Array) -> jax.Array:
         """avg_pool_2x2(act(conv(x))): the CPU kernel where it can run, else the XLA form."""
         act = self.activation
+        args = (x, conv.kernel[...], conv.bias[...])
 
-        def xla_form(x, kernel, bias):  # conv's own parameters, passed in as the kernel's are
-            del kernel, bias
-            return avg_pool_2x2(act(conv(x)))
+        def xla_form(x, kernel, bias):
+            return avg_pool_2x2(act(patch_conv(x, kernel, bias)))
 
         if not (self.fused_kernel and x.dtype == conv.kernel.dtype == jnp.float32
                 and fused_conv.supports(act)):
-            return avg_pool_2x2(act(conv(x)))
+            return xla_form(*args)
         fused = partial(fused_conv.conv_block, act)
-        return jax.lax.platform_dependent(x, conv.kernel[...], conv.bias[...], cpu=fused,
-                                          default=xla_form)
+        return jax.lax.platform_dependent(*args, cpu=fused, default=xla_form)

@@ -53,12 +53,17 @@ class PatchConv(nnx.Module):
         self.kernel_size = kernel_size
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        kernel = self.kernel[...]
-        flat = kernel.reshape(-1, kernel.shape[-1])
-        if x.shape[-1] == 1:
-            out = jnp.einsum("kn,ko->no", image_shifts(x, self.kernel_size), flat)
-            return out.reshape(*x.shape[:-1], flat.shape[-1]) + self.bias[...]
-        return image_patches(x, self.kernel_size) @ flat + self.bias[...]
+        return patch_conv(x, self.kernel[...], self.bias[...])
+
+
+def patch_conv(x: jax.Array, kernel: jax.Array, bias: jax.Array) -> jax.Array:
+    """PatchConv's computation for given parameters: kernel (k, k, C, O) as nnx.Conv's."""
+    size = kernel.shape[0]
+    flat = kernel.reshape(-1, kernel.shape[-1])
+    if x.shape[-1] == 1:
+        out = jnp.einsum("kn,ko->no", image_shifts(x, size), flat)
+        return out.reshape(*x.shape[:-1], flat.shape[-1]) + bias
+    return image_patches(x, size) @ flat + bias
 
 
 def avg_pool_2x2(x: jax.Array) -> jax.Array:
