@@ -22,7 +22,7 @@ from bench.registry import ACTIVATIONS
 from models import fused_cells
 from models.recurrence import recur
 from models.recurrent import CELLS
-from test_fused_lstm import activation, custom_calls as lstm_custom_calls, loss_and_grads
+from test_fused_lstm import activation, blas_threads, custom_calls as lstm_custom_calls, loss_and_grads  # noqa: F401 (a fixture)
 from test_models import images, normal, tiny
 
 KERNEL_TARGETS = ("bench_cell_forward", "bench_cell_backward")
@@ -94,6 +94,20 @@ def test_loop_gradients_for_a_given_carry_and_odd_sizes(cell, steps, batch, unit
     returns the initial carry (and zero weight gradients), as XLA's loop does."""
     kernel_on()
     args = loop_args(cell, steps, batch, 7, units)
+    fused, xla = loops(cell)
+    got, want = value_and_grads(fused)(*args), value_and_grads(xla)(*args)
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_allclose(a, b, **CLOSE)
+
+
+@pytest.mark.parametrize("cell", ["gru", "simple"])
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_loop_cut_into_row_slices_gives_what_xla_loop_gives(cell, threads, blas_threads):
+    """The batch in row slices on their own threads (37 rows: 18 and 19), the kernel gradient
+    in column blocks (GRU 132 columns: 64 and 68; simple 33: 32 and 1), as test_fused_lstm.py."""
+    kernel_on()
+    blas_threads(threads)
+    args = loop_args(cell, 4, 37, 7, 33)
     fused, xla = loops(cell)
     got, want = value_and_grads(fused)(*args), value_and_grads(xla)(*args)
     for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):

@@ -241,6 +241,30 @@ def test_members_on_any_number_of_threads_equal_each_member_alone(threads, blas_
     assert_trees_close(got, each_alone(jax.jit(fn), args, 3))
 
 
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_one_lstm_cut_into_row_slices_gives_what_xla_loop_gives(threads, blas_threads):
+    """One LSTM on several threads: its batch cut into row slices, each through the whole
+    sequence on its own thread (37 rows: slices of 18 and 19), and its kernel gradient into
+    column blocks (132 columns: 64 and 68). Three threads on a pool of two: a helper may start
+    after the call has ended."""
+    blas_threads(threads)
+    assert_loops_agree(steps=4, batch=37, features=7, units=33)
+
+
+def test_members_fewer_than_threads_are_cut_into_row_slices(blas_threads):
+    """2 members on 3 threads: each member in 2 row slices (4 tasks), each member's results
+    still those of its own call on one thread."""
+    blas_threads(3)
+    args = member_args((2,), batch=37, units=33)
+    fn = member_value_and_grads(jax.nn.relu)
+    got = jax.jit(jax.vmap(fn))(*args)
+    blas_threads(1)
+    # Products cut differently may sum in another order: float tolerance, not equality.
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(each_alone(jax.jit(fn), args, 2)),
+                    strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 @pytest.mark.parametrize("steps, batch", [(0, 3), (4, 0)], ids=["no step", "empty batch"])
 def test_vmapped_empty_sequence_or_batch_equals_each_member_alone(steps, batch, threads,

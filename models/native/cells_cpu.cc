@@ -15,8 +15,9 @@
 // (GRU) or H (simple); bias (G). Residuals for the backward pass: hx (T, B, H + F), the
 // step's [h_{t-1}, x_t]; coefs (T, B, C H), the factors of `GruCoef` or `SimpleCoef`.
 // Under jax.vmap (vmap_method="broadcast_all") every operand and result has the
-// population's leading dimensions in front, as in lstm_cpu.cc, and the members are spread
-// over threads the same way. Each handler checks every operand's shape before touching
+// population's leading dimensions in front, as in lstm_cpu.cc, and the work is spread over
+// threads the same way: members, or row slices of a member's batch where the members are
+// fewer than the threads, then the kernel gradient in column blocks. Each handler checks every operand's shape before touching
 // memory (an error reaches Python as an exception).
 
 #include "cpu_kernels.h"
@@ -88,40 +89,43 @@ struct Simple {
   static constexpr bool kDirectPath = false;
 };
 
+// The batch rows `rows` of every step (all of them, or a slice that runs on its own thread).
 template <class Cell, class Act>
-void forward(const Gemm& gemm, const Shape& s, const float* xs, const float* kernel,
+void forward(const Gemm& gemm, const Shape& s, Range rows, const float* xs, const float* kernel,
              const float* bias, const float* h0, float* hx, float* coefs, float* h_last) {
-  const int64_t B = s.B, H = s.H, F = s.F, K = s.K(), G = s.G;
-  std::vector<float> z(B * G);
-  for (int64_t r = 0; r < B; ++r) std::memcpy(hx + r * K, h0 + r * H, H * sizeof(float));
+  const int64_t B = s.B, H = s.H, F = s.F, K = s.K(), G = s.G, r0 = rows.begin;
+  std::vector<float> z(rows.size() * G);
+  for (int64_t r = r0; r < rows.end; ++r) std::memcpy(hx + r * K, h0 + r * H, H * sizeof(float));
   for (int64_t t = 0; t < s.T; ++t) {
     float* hx_t = hx + t * B * K;
-    for (int64_t r = 0; r < B; ++r) {
+    for (int64_t r = r0; r < rows.end; ++r) {
       std::memcpy(hx_t + r * K + H, xs + (t * B + r) * F, F * sizeof(float));
-      std::memcpy(z.data() + r * G, bias, G * sizeof(float));
+      std::memcpy(z.data() + (r - r0) * G, bias, G * sizeof(float));
     }
-    gemm(CblasNoTrans, CblasNoTrans, B, G, K, hx_t, K, kernel, G, 1.0f, z.data(), G);
+    gemm(CblasNoTrans, CblasNoTrans, rows.size(), G, K, hx_t + r0 * K, K, kernel, G, 1.0f,
+         z.data(), G);
     const bool last = t == s.T - 1;
-    for (int64_t r = 0; r < B; ++r) {
+    for (int64_t r = r0; r < rows.end; ++r) {
       float* h_out = last ? h_last + r * H : hx_t + B * K + r * K;  // next step's [h, x]
-      Cell::template forward<Act>(z.data() + r * G, hx_t + r * K, h_out,
+      Cell::template forward<Act>(z.data() + (r - r0) * G, hx_t + r * K, h_out,
                                   coefs + (t * B + r) * Cell::kCoefs * H, H);
     }
   }
 }
 
-// d_h: the loss gradient w.r.t. the last h on entry, w.r.t. h0 on exit.
+// d_h: the loss gradient w.r.t. the last h on entry, w.r.t. h0 on exit; for the batch rows
+// `rows` only.
 template <class Cell>
-void backward(const Gemm& gemm, const Shape& s, const float* kernel, const float* coefs,
-              float* d_h, float* d_z) {
-  const int64_t B = s.B, H = s.H, G = s.G;
+void backward(const Gemm& gemm, const Shape& s, Range rows, const float* kernel,
+              const float* coefs, float* d_h, float* d_z) {
+  const int64_t B = s.B, H = s.H, G = s.G, r0 = rows.begin;
   for (int64_t t = s.T - 1; t >= 0; --t) {
     float* dz_t = d_z + t * B * G;
-    for (int64_t r = 0; r < B; ++r)
+    for (int64_t r = r0; r < rows.end; ++r)
       Cell::backward(coefs + (t * B + r) * Cell::kCoefs * H, d_h + r * H, dz_t + r * G, H);
     // d h_{t-1} (+)= d z_t @ kernel[:H].T
-    gemm(CblasNoTrans, CblasTrans, B, H, G, dz_t, G, kernel, G,
-         Cell::kDirectPath ? 1.0f : 0.0f, d_h, H);
+    gemm(CblasNoTrans, CblasTrans, rows.size(), H, G, dz_t + r0 * G, G, kernel, G,
+         Cell::kDirectPath ? 1.0f : 0.0f, d_h + r0 * H, H);
   }
 }
 
@@ -153,7 +157,7 @@ ffi::Error unknown(const char* what, int64_t id) {
 
 // ---- the handlers ---------------------------------------------------------------------
 
-ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, int64_t cell, int64_t activation,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0, int64_t cell, int64_t activation,
                        F32Out h_last, F32Out hx, F32Out coefs) {
   constexpr const char* kName = "bench_cell_forward";
   if (activation < 0 || activation >= kActivations)
@@ -184,21 +188,23 @@ ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, int64_t cell, int64
       copy_floats(h_last->typed_data(), h0.typed_data(), p.members * B * H);
       return;
     }
+    const int64_t slices = slices_per_member(p.members, B);
     with_activation(activation, [&](auto act) {
-      auto run = [&](int64_t m, const Gemm& gemm) {  // member m's slice of every operand
+      // Slice i of member m: the member's part of every operand and result, its rows i.
+      auto run = [&](int64_t m, int64_t i, const Gemm& gemm) {
         forward<Cell, decltype(act)>(
-            gemm, s, xs.typed_data() + m * T * B * s.F, kernel.typed_data() + m * K * G,
+            gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F, kernel.typed_data() + m * K * G,
             bias.typed_data() + m * G, h0.typed_data() + m * B * H,
             hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * C * H,
             h_last->typed_data() + m * B * H);
       };
-      result = for_each_member(kName, p.members, member_threads(p.members), run);
+      result = for_each_slice(kName, pool, p.members, slices, run);
     });
   });
   return result;
 }
 
-ffi::Error BackwardImpl(F32 kernel, F32 coefs, F32 d_h_last, F32 hx, int64_t cell,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 coefs, F32 d_h_last, F32 hx, int64_t cell,
                         F32Out d_z, F32Out d_h0, F32Out d_kernel, F32Out d_bias) {
   constexpr const char* kName = "bench_cell_backward";
   Dims k = kernel.dimensions(), x = hx.dimensions(), carry = d_h_last.dimensions();
@@ -227,15 +233,21 @@ ffi::Error BackwardImpl(F32 kernel, F32 coefs, F32 d_h_last, F32 hx, int64_t cel
         expect("d_bias", d_bias->dimensions(), p, {G})}));
     if (result.failure()) return;
     copy_floats(d_h0->typed_data(), d_h_last.typed_data(), p.members * B * H);
-    auto run = [&](int64_t m, const Gemm& gemm) {  // member m's slice of every operand
-      float* d_z_m = d_z->typed_data() + m * T * B * G;
-      backward<Cell>(gemm, s, kernel.typed_data() + m * K * G,
+    // As in lstm_cpu.cc: the time loop over row slices, then the kernel gradient over
+    // column blocks.
+    const int64_t slices = slices_per_member(p.members, B);
+    auto loop = [&](int64_t m, int64_t i, const Gemm& gemm) {
+      backward<Cell>(gemm, s, part(i, slices, B), kernel.typed_data() + m * K * G,
                      coefs.typed_data() + m * T * B * C * H, d_h0->typed_data() + m * B * H,
-                     d_z_m);
-      kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K, d_z_m,
-                      d_kernel->typed_data() + m * K * G, d_bias->typed_data() + m * G);
+                     d_z->typed_data() + m * T * B * G);
     };
-    result = for_each_member(kName, p.members, member_threads(p.members), run);
+    auto gradient = [&](int64_t m, int64_t i, const Gemm& gemm) {
+      kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K,
+                      d_z->typed_data() + m * T * B * G, d_kernel->typed_data() + m * K * G,
+                      d_bias->typed_data() + m * G, part(i, slices, G, 16));
+    };
+    result = for_each_slice(kName, pool, p.members, slices, loop);
+    if (result.success()) result = for_each_slice(kName, pool, p.members, slices, gradient);
   });
   return result;
 }
@@ -244,6 +256,7 @@ ffi::Error BackwardImpl(F32 kernel, F32 coefs, F32 d_h_last, F32 hx, int64_t cel
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchCellForward, ForwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // xs
                                   .Arg<F32>()  // kernel
                                   .Arg<F32>()  // bias
@@ -256,6 +269,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchCellForward, ForwardImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchCellBackward, BackwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // kernel
                                   .Arg<F32>()  // coefs
                                   .Arg<F32>()  // d_h_last

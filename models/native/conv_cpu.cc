@@ -12,7 +12,7 @@
 // (OpenBLAS), then bias, activation and pooling in one pass; backward, the pooling and
 // activation gradients, the kernel gradient's product and the input gradient's product and
 // fold. Only the pooled output, the activation's derivative and the gradients reach memory.
-// Tiles are spread over threads (`tile_threads`), each tile's products on its own thread;
+// Tiles are spread over threads (`task_threads`), each tile's products on its own thread;
 // the kernel and bias gradients are summed per thread and added up at the end.
 //
 // Layouts (row-major, float32): x (B, H, W, C); kernel (k, k, C, O), as nnx.Conv's; bias
@@ -43,14 +43,6 @@ constexpr int64_t kTileRows = 1024;
 
 int64_t tile_images(const ConvShape& s) {
   return std::max<int64_t>(1, kTileRows / std::max<int64_t>(1, s.pixels()));
-}
-
-// Threads for `tiles` tiles: one per tile up to OpenBLAS's thread count (which
-// models/native_kernels.py caps to the cores XLA runs on); one, with multithreaded products,
-// where a product could not be kept on its thread.
-int64_t tile_threads(int64_t tiles) {
-  if (tiles < 2 || scipy_cblas_sgemm_batch_strided == nullptr) return 1;
-  return std::min<int64_t>(tiles, std::max(1, scipy_openblas_get_num_threads()));
 }
 
 // ---- patches ---------------------------------------------------------------------------
@@ -299,10 +291,10 @@ ffi::Error shape_of(F32 x, F32 kernel, ConvShape& s) {
 
 // Runs `run(first_image, images, thread, gemm, scratch)` for every tile of the batch.
 template <class Run>
-ffi::Error for_each_tile(const char* handler, const ConvShape& s, bool input_gradient,
+ffi::Error for_each_tile(const char* handler, ffi::ThreadPool& pool, const ConvShape& s, bool input_gradient,
                          std::vector<Scratch>& scratch, const Run& run) {
   const int64_t per_tile = tile_images(s), tiles = (s.B + per_tile - 1) / per_tile;
-  const int64_t threads = tile_threads(tiles), rows = per_tile * s.pixels();
+  const int64_t threads = task_threads(tiles), rows = per_tile * s.pixels();
   try {
     scratch.resize(threads);
     for (Scratch& mine : scratch) {
@@ -315,7 +307,7 @@ ffi::Error for_each_tile(const char* handler, const ConvShape& s, bool input_gra
   } catch (const std::bad_alloc&) {
     return ffi::Error::Internal(std::string(handler) + ": out of memory for scratch");
   }
-  return for_each_task(handler, tiles, threads,
+  return for_each_task(handler, pool, tiles, threads,
                        [&](int64_t tile, int64_t thread, const Gemm& gemm) {
                          const int64_t first = tile * per_tile;
                          run(first, std::min(per_tile, s.B - first), gemm, scratch[thread]);
@@ -336,7 +328,7 @@ ffi::Error check_activation(int64_t activation) {
   return ffi::Error::InvalidArgument("unknown activation id " + std::to_string(activation));
 }
 
-ffi::Error ForwardImpl(F32 x, F32 kernel, F32 bias, int64_t activation, F32Out y,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias, int64_t activation, F32Out y,
                        F32Out slope) {
   constexpr const char* kName = "bench_conv_block_forward";
   ConvShape s{};
@@ -360,12 +352,12 @@ ffi::Error ForwardImpl(F32 x, F32 kernel, F32 bias, int64_t activation, F32Out y
                         y->typed_data() + first * (s.pixels() / 4) * s.O,
                         save_slope ? slope->typed_data() + first * s.pixels() * s.O : nullptr);
     };
-    result = for_each_tile(kName, s, false, scratch, run);
+    result = for_each_tile(kName, pool, s, false, scratch, run);
   });
   return result;
 }
 
-ffi::Error BackwardImpl(F32 x, F32 kernel, F32 bias, F32 slope, F32 d_y, int64_t activation,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias, F32 slope, F32 d_y, int64_t activation,
                         F32Out d_x, F32Out d_kernel, F32Out d_bias) {
   constexpr const char* kName = "bench_conv_block_backward";
   ConvShape s{};
@@ -393,7 +385,7 @@ ffi::Error BackwardImpl(F32 x, F32 kernel, F32 bias, F32 slope, F32 d_y, int64_t
             d_y.typed_data() + first * (s.pixels() / 4) * s.O, n,
             input_gradient ? d_x->typed_data() + first * s.pixels() * s.C : nullptr);
       };
-      result = for_each_tile(kName, s, input_gradient, scratch, run);
+      result = for_each_tile(kName, pool, s, input_gradient, scratch, run);
     });
   }
   if (result.failure()) return result;
@@ -412,6 +404,7 @@ ffi::Error BackwardImpl(F32 x, F32 kernel, F32 bias, F32 slope, F32 d_y, int64_t
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchConvBlockForward, ForwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // x
                                   .Arg<F32>()  // kernel
                                   .Arg<F32>()  // bias
@@ -421,6 +414,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchConvBlockForward, ForwardImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchConvBlockBackward, BackwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // x
                                   .Arg<F32>()  // kernel
                                   .Arg<F32>()  // bias

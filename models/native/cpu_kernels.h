@@ -1,6 +1,6 @@
-// What bench's CPU kernels (lstm_cpu.cc, conv_cpu.cc) share: vectorisable float math, the
-// activations with their derivatives, OpenBLAS products, operand checks and a small pool
-// of threads. Everything is inside an anonymous namespace: each kernel's translation unit
+// What bench's CPU kernels (lstm_cpu.cc, cells_cpu.cc, conv_cpu.cc) share: vectorisable
+// float math, the activations with their derivatives, OpenBLAS products, operand checks and
+// spreading a call's tasks over XLA's threads. Everything is inside an anonymous namespace: each kernel's translation unit
 // gets its own copy, and nothing here is exported from the libraries.
 
 #pragma once
@@ -15,6 +15,7 @@
 #include <exception>
 #include <initializer_list>
 #include <limits>
+#include <memory>
 #include <string>
 #include <thread>
 #include <vector>
@@ -24,7 +25,7 @@
 namespace ffi = xla::ffi;
 
 // Weak: an OpenBLAS without it (older than the batch interface) leaves it null, and work
-// that would be spread over threads then runs on one (`member_threads`, `tile_threads`).
+// that would be spread over threads then runs on one (`blas_threads`).
 extern "C" __attribute__((weak)) void scipy_cblas_sgemm_batch_strided(
     OPENBLAS_CONST enum CBLAS_ORDER, OPENBLAS_CONST enum CBLAS_TRANSPOSE,
     OPENBLAS_CONST enum CBLAS_TRANSPOSE, OPENBLAS_CONST blasint, OPENBLAS_CONST blasint,
@@ -194,8 +195,8 @@ void with_activation(int64_t id, F&& f) {
 
 // C = op(A) op(B) + beta C, row-major (sizes checked by check_sizes to fit the 32-bit BLAS).
 struct Gemm {
-  // On the calling thread only, for a thread that runs one population member while others
-  // run the rest: as a batch of one product. OpenBLAS computes each product of a batch on a
+  // On the calling thread only, for a thread that runs one task (a member, a slice, a tile)
+  // while others run the rest: as a batch of one product. OpenBLAS computes each product of a batch on a
   // single thread and a batch of one on the caller's (driver/level3/gemm_batch_thread.c),
   // whereas plain sgemms from several threads at once would queue for OpenBLAS's threads.
   // False: a plain sgemm, split over OpenBLAS's threads.
@@ -219,20 +220,37 @@ using F32 = ffi::Buffer<ffi::F32>;
 using F32Out = ffi::ResultBuffer<ffi::F32>;
 using Dims = ffi::Span<const int64_t>;
 
-// d kernel = [h_{t-1}, x_t]^T d z summed over all `rows` (steps x batch), as one product;
-// d bias = the sum of d z's rows. hx is (rows, K), d_z (rows, G).
+// [begin, end): a part of a range of rows or columns.
+struct Range {
+  int64_t begin, end;
+  int64_t size() const { return end - begin; }
+};
+
+// Part `i` of `parts` near-equal parts of `n` items, inner boundaries on multiples of `align`.
+inline Range part(int64_t i, int64_t parts, int64_t n, int64_t align = 1) {
+  auto edge = [&](int64_t k) { return k == parts ? n : std::min(n, n * k / parts / align * align); };
+  return Range{edge(i), edge(i + 1)};
+}
+
+// Columns `cols` of d kernel = [h_{t-1}, x_t]^T d z summed over all `rows` (steps x batch),
+// as one product; and of d bias, the sum of d z's rows. hx is (rows, K), d_z (rows, G);
+// threads that take disjoint columns need no sum of their parts.
 inline void kernel_gradient(const Gemm& gemm, int64_t rows, int64_t K, int64_t G,
-                            const float* hx, const float* d_z, float* d_kernel, float* d_bias) {
+                            const float* hx, const float* d_z, float* d_kernel, float* d_bias,
+                            Range cols) {
+  const int64_t c0 = cols.begin, n = cols.size();
+  if (n <= 0) return;
   if (rows == 0) {  // nothing to sum; not left to how a BLAS treats an empty inner dimension
-    std::memset(d_kernel, 0, K * G * sizeof(float));
+    for (int64_t k = 0; k < K; ++k) std::memset(d_kernel + k * G + c0, 0, n * sizeof(float));
   } else {
-    gemm(CblasTrans, CblasNoTrans, K, G, rows, hx, K, d_z, G, 0.0f, d_kernel, G);
+    gemm(CblasTrans, CblasNoTrans, K, n, rows, hx, K, d_z + c0, G, 0.0f, d_kernel + c0, G);
   }
-  std::memset(d_bias, 0, G * sizeof(float));
+  std::memset(d_bias + c0, 0, n * sizeof(float));
   for (int64_t r = 0; r < rows; ++r) {
-    const float* row = d_z + r * G;
+    const float* row = d_z + r * G + c0;
+    float* out = d_bias + c0;
 #pragma omp simd
-    for (int64_t j = 0; j < G; ++j) d_bias[j] += row[j];
+    for (int64_t j = 0; j < n; ++j) out[j] += row[j];
   }
 }
 
@@ -309,34 +327,56 @@ inline ffi::Error expect_rank(const char* operand, Dims got, const Population& p
 
 // ---- threads ----------------------------------------------------------------------------
 
-// Runs `run(task, thread, gemm)` for tasks 0 .. tasks - 1 on `threads` threads, this one
-// included (thread 0); each thread takes the next task not yet taken until none is left.
-// Tasks write disjoint slices, or per-thread scratch indexed by `thread`. An exception
-// (std::bad_alloc from a task's scratch) must not leave a thread, which would end the
-// process: it becomes the handler's error, once every thread is done.
+// Runs `run(task, thread, gemm)` for tasks 0 .. tasks - 1 on up to `threads` threads: the
+// calling thread (thread 0) and helpers 1 .. threads - 1 scheduled on XLA's own intra-op
+// thread pool; each takes the next task not yet taken until none is left. Tasks write
+// disjoint slices, or per-thread scratch indexed by `thread`.
+//
+// Why XLA's pool rather than threads of our own: while a kernel runs, XLA's idle workers
+// keep spinning for a while before they sleep, and a thread of ours would share a core with
+// one of them (docs/measurements.md, "The kernels on XLA's own threads"). A helper of the pool
+// is that worker, put to use.
+//
+// The calling thread takes tasks too and, once none is left, waits only for those a helper
+// has begun; a helper that starts late finds none and returns touching nothing but `Shared`,
+// which it co-owns. So a pool busy elsewhere costs time, never a deadlock, and the call
+// never waits on a helper that has not started. An exception (std::bad_alloc from a task's
+// scratch) must not leave a thread, which would end the process: it becomes the handler's
+// error once every task is done; the tasks after it are skipped.
 template <class Run>
-ffi::Error for_each_task(const char* handler, int64_t tasks, int64_t threads, const Run& run) {
-  const Gemm gemm{threads > 1};
-  std::atomic<int64_t> next{0};
+ffi::Error for_each_task(const char* handler, ffi::ThreadPool& pool, int64_t tasks,
+                         int64_t threads, const Run& run) {
+  struct Shared {
+    std::atomic<int64_t> next{0}, finished{0};
+    std::atomic<bool> failed{false};
+    int64_t tasks = 0;
+  };
+  auto shared = std::make_shared<Shared>();
+  shared->tasks = tasks;
   std::vector<std::exception_ptr> errors(threads);  // one slot per thread: no lock
-  auto work = [&](int64_t thread) noexcept {
-    for (int64_t m; (m = next.fetch_add(1)) < tasks;) {
-      try {
-        run(m, thread, gemm);
-      } catch (...) {
-        errors[thread] = std::current_exception();
-        next.store(tasks);  // start no other task
+  const Gemm gemm{threads > 1};
+  auto work = [shared, &run, &errors, gemm](int64_t thread) noexcept {
+    for (int64_t task; (task = shared->next.fetch_add(1)) < shared->tasks;) {
+      if (!shared->failed.load()) {
+        try {
+          run(task, thread, gemm);
+        } catch (...) {
+          errors[thread] = std::current_exception();
+          shared->failed.store(true);
+        }
       }
+      shared->finished.fetch_add(1);  // the last access to anything but `shared`
     }
   };
-  std::vector<std::thread> helpers;
-  try {
-    helpers.reserve(threads - 1);
-    for (int64_t t = 1; t < threads; ++t) helpers.emplace_back(work, t);
-  } catch (...) {  // no more threads to be had: those started take the remaining tasks
+  for (int64_t helper = 1; helper < threads; ++helper) {
+    try {
+      pool.Schedule([work, helper] { work(helper); });
+    } catch (...) {  // no memory to schedule more: this thread takes the remaining tasks
+      break;
+    }
   }
   work(0);
-  for (std::thread& helper : helpers) helper.join();
+  while (shared->finished.load() < tasks) std::this_thread::yield();
   for (const std::exception_ptr& error : errors) {
     if (!error) continue;
     std::string what = "unknown exception";
@@ -351,25 +391,46 @@ ffi::Error for_each_task(const char* handler, int64_t tasks, int64_t threads, co
   return ffi::Error::Success();
 }
 
-// ---- a population's members ------------------------------------------------------------
+// ---- how a call's work is spread over threads -------------------------------------------
 
-// The threads that run a population of `members`: one for a single member (its products
-// then use OpenBLAS's threads) or where only one thread is allowed; else one per member up
-// to OpenBLAS's thread count, which models/native_kernels.py caps to the cores XLA runs on.
-// Spreading members over threads measured faster than running them one after another with
-// multithreaded products (docs/measurements.md, "Populations").
-inline int64_t member_threads(int64_t members) {
-  if (members < 2 || scipy_cblas_sgemm_batch_strided == nullptr) return 1;
-  return std::min<int64_t>(members, std::max(1, scipy_openblas_get_num_threads()));
+// The threads a call may use: OpenBLAS's thread count, which models/native_kernels.py caps
+// to the cores XLA runs on; one where a product could not be kept on its thread (an
+// OpenBLAS without the batch interface), its products then on OpenBLAS's threads.
+inline int64_t blas_threads() {
+  if (scipy_cblas_sgemm_batch_strided == nullptr) return 1;
+  return std::max(1, scipy_openblas_get_num_threads());
 }
 
-// Runs `run(member, gemm)` for members 0 .. members - 1 on `threads` threads (each
-// member's slices are its own).
+// Threads for `tasks` independent tasks, each with its products on its own thread: one per
+// task up to `blas_threads`. Several tasks on several threads measured faster than one
+// task at a time with multithreaded products (docs/measurements.md, "Populations" and the
+// CNN's kernel): a task's products are small, and its elementwise passes use one thread.
+inline int64_t task_threads(int64_t tasks) {
+  return tasks < 2 ? 1 : std::min(tasks, blas_threads());
+}
+
+// The row slices each member of a population of `members` is cut into, for a recurrent
+// kernel whose batch has `rows` rows: rows are independent through the whole sequence, so a
+// slice of them runs its own time loop. Enough slices that every thread gets a task when
+// the members alone are fewer than the threads, none thinner than kMinSliceRows.
+constexpr int64_t kMinSliceRows = 16;
+inline int64_t slices_per_member(int64_t members, int64_t rows) {
+  const int64_t threads = blas_threads();
+  if (members < 1 || members >= threads) return 1;
+  const int64_t want = (threads + members - 1) / members;
+  return std::max<int64_t>(1, std::min(want, rows / kMinSliceRows));
+}
+
+// Runs `run(member, slice, gemm)` for every slice 0 .. slices - 1 of every member
+// 0 .. members - 1, spread over `task_threads` threads.
 template <class Run>
-ffi::Error for_each_member(const char* handler, int64_t members, int64_t threads,
-                           const Run& run) {
-  return for_each_task(handler, members, threads,
-                       [&](int64_t m, int64_t, const Gemm& gemm) { run(m, gemm); });
+ffi::Error for_each_slice(const char* handler, ffi::ThreadPool& pool, int64_t members,
+                          int64_t slices, const Run& run) {
+  const int64_t tasks = members * slices;
+  return for_each_task(handler, pool, tasks, task_threads(tasks),
+                       [&](int64_t task, int64_t, const Gemm& gemm) {
+                         run(task / slices, task % slices, gemm);
+                       });
 }
 
 }  // namespace

@@ -14,13 +14,16 @@
 // Populations: under jax.vmap (vmap_method="broadcast_all") every operand and result comes
 // with the same leading dimensions, one per vmap, in front of those layouts: xs (P..., T, B,
 // F), kernel (P..., H + F, 4H) and so on. Each handler runs the LSTM once per member of the
-// flattened leading dimensions, on that member's slices. Without leading dimensions it is the
-// single LSTM it always was, its products on OpenBLAS's threads. With two members or more
-// and more than one thread allowed (OpenBLAS's thread count, which models/fused_lstm.py caps
-// to XLA's), the members are spread over that many threads instead, each member's products
-// on its own thread: per step a member's product is small and its elementwise pass runs on
-// one thread, so whole members in parallel beat members in turn with products split over
-// the threads (see `for_each_member`).
+// flattened leading dimensions, on that member's slices.
+//
+// Threads: a batch's rows are independent through the whole recurrence, so where there are
+// fewer members than threads (one LSTM alone, above all) each member's batch is cut into
+// row slices that run their own time loops side by side; the backward pass then cuts the
+// kernel gradient, which sums over all rows, into column blocks. Every task (a member, or a
+// slice of one) runs on one thread with its products on that thread, on XLA's own pool
+// (cpu_kernels.h, `for_each_task`). One LSTM as two slices took 9.0 ms per training step
+// against 11.2 ms with the whole batch on one thread and its products on OpenBLAS's two
+// (docs/measurements.md, "The kernels on XLA's own threads").
 //
 // XLA hands the handlers whatever shapes the caller declared, so each handler checks every
 // operand's shape before touching memory (an error reaches Python as an exception). A
@@ -44,24 +47,26 @@ enum Coef { kDzI, kDzF, kDzG, kDzO, kDcFromDh, kForget, kCoefs };
 //   d z_i = dc * g i (1 - i)     d z_f = dc * c_{t-1} f (1 - f)     d z_g = dc * i act'(z_g)
 //   d z_o = dh * act(c) o (1 - o)     dc = dc_next + dh * o act'(c)     dc_prev = dc * f
 
+// The batch rows `rows` of every step (all of them, or a slice that runs on its own thread).
 template <class Act>
-void forward(const Gemm& gemm, const Shape& s, const float* xs, const float* kernel,
+void forward(const Gemm& gemm, const Shape& s, Range rows, const float* xs, const float* kernel,
              const float* bias, const float* h0, const float* c0, float* hx, float* coefs,
              float* cs, float* h_last, float* c_last) {
-  const int64_t B = s.B, H = s.H, F = s.F, K = s.K(), G = s.G();
-  std::vector<float> z(B * G);
-  for (int64_t r = 0; r < B; ++r) std::memcpy(hx + r * K, h0 + r * H, H * sizeof(float));
+  const int64_t B = s.B, H = s.H, F = s.F, K = s.K(), G = s.G(), r0 = rows.begin;
+  std::vector<float> z(rows.size() * G);
+  for (int64_t r = r0; r < rows.end; ++r) std::memcpy(hx + r * K, h0 + r * H, H * sizeof(float));
   for (int64_t t = 0; t < s.T; ++t) {
     float* hx_t = hx + t * B * K;
-    for (int64_t r = 0; r < B; ++r) {
+    for (int64_t r = r0; r < rows.end; ++r) {
       std::memcpy(hx_t + r * K + H, xs + (t * B + r) * F, F * sizeof(float));
-      std::memcpy(z.data() + r * G, bias, G * sizeof(float));
+      std::memcpy(z.data() + (r - r0) * G, bias, G * sizeof(float));
     }
-    gemm(CblasNoTrans, CblasNoTrans, B, G, K, hx_t, K, kernel, G, 1.0f, z.data(), G);
+    gemm(CblasNoTrans, CblasNoTrans, rows.size(), G, K, hx_t + r0 * K, K, kernel, G, 1.0f,
+         z.data(), G);
     const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
     const bool last = t == s.T - 1;
-    for (int64_t r = 0; r < B; ++r) {
-      const float* zr = z.data() + r * G;
+    for (int64_t r = r0; r < rows.end; ++r) {
+      const float* zr = z.data() + (r - r0) * G;
       const float* cp = c_prev + r * H;
       float* cr = cs + (t * B + r) * H;
       float* k = coefs + (t * B + r) * kCoefs * H;
@@ -84,17 +89,19 @@ void forward(const Gemm& gemm, const Shape& s, const float* xs, const float* ker
       }
     }
   }
-  std::memcpy(c_last, cs + (s.T - 1) * B * H, B * H * sizeof(float));  // s.T >= 1: ForwardImpl
+  copy_floats(c_last + r0 * H, cs + ((s.T - 1) * B + r0) * H, rows.size() * H);  // s.T >= 1
 }
 
-// d_h, d_c: the loss gradient w.r.t. the last carry on entry, w.r.t. the first on exit.
-void backward(const Gemm& gemm, const Shape& s, const float* kernel, const float* c0,
-              const float* coefs, const float* cs, float* d_h, float* d_c, float* d_z) {
-  const int64_t B = s.B, H = s.H, G = s.G();
+// d_h, d_c: the loss gradient w.r.t. the last carry on entry, w.r.t. the first on exit;
+// for the batch rows `rows` only.
+void backward(const Gemm& gemm, const Shape& s, Range rows, const float* kernel,
+              const float* c0, const float* coefs, const float* cs, float* d_h, float* d_c,
+              float* d_z) {
+  const int64_t B = s.B, H = s.H, G = s.G(), r0 = rows.begin;
   for (int64_t t = s.T - 1; t >= 0; --t) {
     const float* c_prev = t == 0 ? c0 : cs + (t - 1) * B * H;
     float* dz_t = d_z + t * B * G;
-    for (int64_t r = 0; r < B; ++r) {
+    for (int64_t r = r0; r < rows.end; ++r) {
       const float* k = coefs + (t * B + r) * kCoefs * H;
       const float* cp = c_prev + r * H;
       float* dzr = dz_t + r * G;
@@ -111,7 +118,8 @@ void backward(const Gemm& gemm, const Shape& s, const float* kernel, const float
       }
     }
     // d h_{t-1} = d z_t @ kernel[:H].T
-    gemm(CblasNoTrans, CblasTrans, B, H, G, dz_t, G, kernel, G, 0.0f, d_h, H);
+    gemm(CblasNoTrans, CblasTrans, rows.size(), H, G, dz_t + r0 * G, G, kernel, G, 0.0f,
+         d_h + r0 * H, H);
   }
 }
 
@@ -151,7 +159,7 @@ ffi::Error check_forward(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, F32Out h_
       expect("cs", cs->dimensions(), p, {T, B, H})});
 }
 
-ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t activation,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t activation,
                        F32Out h_last, F32Out c_last, F32Out hx, F32Out coefs, F32Out cs) {
   Shape s{};
   Population p;
@@ -168,16 +176,18 @@ ffi::Error ForwardImpl(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t act
     return ffi::Error::Success();
   }
   ffi::Error result = ffi::Error::Success();
+  const int64_t slices = slices_per_member(p.members, B);
   with_activation(activation, [&](auto act) {
-    auto run = [&](int64_t m, const Gemm& gemm) {  // member m's slice of every operand and result
+    // Slice i of member m: the member's part of every operand and result, its rows i.
+    auto run = [&](int64_t m, int64_t i, const Gemm& gemm) {
       forward<decltype(act)>(
-          gemm, s, xs.typed_data() + m * T * B * s.F, kernel.typed_data() + m * K * G,
+          gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F, kernel.typed_data() + m * K * G,
           bias.typed_data() + m * G, h0.typed_data() + m * B * H, c0.typed_data() + m * B * H,
           hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * kCoefs * H,
           cs->typed_data() + m * T * B * H, h_last->typed_data() + m * B * H,
           c_last->typed_data() + m * B * H);
     };
-    result = for_each_member("bench_lstm_forward", p.members, member_threads(p.members), run);
+    result = for_each_slice("bench_lstm_forward", pool, p.members, slices, run);
   });
   return result;
 }
@@ -209,7 +219,7 @@ ffi::Error check_backward(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F
       expect("d_bias", d_bias->dimensions(), p, {s.G()})});
 }
 
-ffi::Error BackwardImpl(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
                         F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
                         F32Out d_bias) {
   Shape s{};
@@ -221,21 +231,30 @@ ffi::Error BackwardImpl(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32
   const int64_t T = s.T, B = s.B, H = s.H, K = s.K(), G = s.G();
   copy_floats(d_h0->typed_data(), d_h_last.typed_data(), p.members * B * H);
   copy_floats(d_c0->typed_data(), d_c_last.typed_data(), p.members * B * H);
-  auto run = [&](int64_t m, const Gemm& gemm) {  // member m's slice of every operand and result
-    float* d_z_m = d_z->typed_data() + m * T * B * G;
-    backward(gemm, s, kernel.typed_data() + m * K * G, c0.typed_data() + m * B * H,
-             coefs.typed_data() + m * T * B * kCoefs * H, cs.typed_data() + m * T * B * H,
-             d_h0->typed_data() + m * B * H, d_c0->typed_data() + m * B * H, d_z_m);
-    kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K, d_z_m,
-                    d_kernel->typed_data() + m * K * G, d_bias->typed_data() + m * G);
+  // The time loop over row slices, then the kernel gradient, which sums over all rows, over
+  // column blocks (as many as slices, so that each thread again has one).
+  const int64_t slices = slices_per_member(p.members, B);
+  auto loop = [&](int64_t m, int64_t i, const Gemm& gemm) {
+    backward(gemm, s, part(i, slices, B), kernel.typed_data() + m * K * G,
+             c0.typed_data() + m * B * H, coefs.typed_data() + m * T * B * kCoefs * H,
+             cs.typed_data() + m * T * B * H, d_h0->typed_data() + m * B * H,
+             d_c0->typed_data() + m * B * H, d_z->typed_data() + m * T * B * G);
   };
-  return for_each_member("bench_lstm_backward", p.members, member_threads(p.members), run);
+  auto gradient = [&](int64_t m, int64_t i, const Gemm& gemm) {
+    kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K,
+                    d_z->typed_data() + m * T * B * G, d_kernel->typed_data() + m * K * G,
+                    d_bias->typed_data() + m * G, part(i, slices, G, 16));
+  };
+  constexpr const char* kName = "bench_lstm_backward";
+  if (auto error = for_each_slice(kName, pool, p.members, slices, loop); error.failure()) return error;
+  return for_each_slice(kName, pool, p.members, slices, gradient);
 }
 
 }  // namespace
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchLstmForward, ForwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // xs
                                   .Arg<F32>()  // kernel
                                   .Arg<F32>()  // bias
@@ -250,6 +269,7 @@ XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchLstmForward, ForwardImpl,
 
 XLA_FFI_DEFINE_HANDLER_SYMBOL(BenchLstmBackward, BackwardImpl,
                               ffi::Ffi::Bind()
+                                  .Ctx<ffi::ThreadPool>()
                                   .Arg<F32>()  // kernel
                                   .Arg<F32>()  // c0
                                   .Arg<F32>()  // coefs
