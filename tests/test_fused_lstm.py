@@ -245,8 +245,8 @@ def test_members_on_any_number_of_threads_equal_each_member_alone(threads, blas_
 def test_one_lstm_cut_into_row_slices_gives_what_xla_loop_gives(threads, blas_threads):
     """One LSTM on several threads: its batch cut into row slices, each through the whole
     sequence on its own thread (37 rows: slices of 18 and 19), and its kernel gradient into
-    column blocks (132 columns: 64 and 68). Three threads on a pool of two: a helper may start
-    after the call has ended."""
+    column blocks (132 columns: 64 and 68). Three threads asked for on a machine of two cores:
+    as many as XLA's pool has workers."""
     blas_threads(threads)
     assert_loops_agree(steps=4, batch=37, features=7, units=33)
 

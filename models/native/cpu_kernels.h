@@ -351,6 +351,8 @@ ffi::Error for_each_task(const char* handler, ffi::ThreadPool& pool, int64_t tas
     std::atomic<bool> failed{false};
     int64_t tasks = 0;
   };
+  // No more helpers than the pool has other workers (the calling thread is one of them).
+  threads = std::max<int64_t>(1, std::min(threads, pool.num_threads()));
   auto shared = std::make_shared<Shared>();
   shared->tasks = tasks;
   std::vector<std::exception_ptr> errors(threads);  // one slot per thread: no lock
