@@ -5,7 +5,8 @@
 Runs bench's `train_round` program (Adam, relu, batch 128, random data) under
 `jax.profiler.trace` with XLA:CPU's per-operation trace events switched on, and prints
 each operation's mean own time per step (without the operations nested in it, such as a
-loop's body) with its HLO shape and operands. Operations that run on several threads are
+loop's body) with its HLO shape and operands; and, over the unprofiled rounds, the CPU time
+of the process and of each busy thread (a thread that spins beside the work shows there). Operations that run on several threads are
 counted once per thread that reported them, so the column can add up to more than the
 step's wall time. XLA:CPU only (on a GPU, use the trace
 with TensorBoard or Perfetto instead). A developer's tool (it is how the per-step
@@ -83,6 +84,35 @@ def _close(entry: list, totals: collections.Counter) -> None:
         totals[name] += own_ns
 
 
+def thread_cpu_seconds() -> dict[str, tuple[str, float]]:
+    """Thread id -> (name, CPU seconds so far) for this process's live threads (Linux's
+    /proc; empty elsewhere). Threads that ended are not listed: `process_cpu_seconds` counts
+    them."""
+    found = {}
+    tasks = Path("/proc/self/task")
+    for task in tasks.iterdir() if tasks.is_dir() else ():
+        try:
+            name = (task / "comm").read_text().strip()
+            fields = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        found[task.name] = (name, (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK"))
+    return found
+
+
+def process_cpu_seconds() -> float:
+    times = os.times()
+    return times.user + times.system
+
+
+def busy_threads(before: dict, after: dict, wall: float) -> str:
+    """The threads that used more than 2% of `wall` between two `thread_cpu_seconds`, busiest
+    first: which threads did a step's work, and whether any spun beside it."""
+    used = [(after[tid][1] - before.get(tid, (None, 0.0))[1], after[tid][0]) for tid in after]
+    busy = sorted((u for u in used if u[0] > 0.02 * wall), reverse=True)
+    return ", ".join(f"{name} {seconds:.2f}" for seconds, name in busy)
+
+
 def describe_operations(hlo_text: str) -> dict[str, str]:
     """Operation name -> 'shape opcode(operands)' from the compiled HLO text."""
     found = {}
@@ -109,11 +139,14 @@ def main(argv: list[str] | None = None) -> None:
     step, (state, x, y, key) = compiled_round(args.model, args.units, args.cell,
                                               args.batch_size, args.steps)
     state = jax.block_until_ready(step(state, x, y, key)[0])  # warm-up
+    threads_before, cpu_before = thread_cpu_seconds(), process_cpu_seconds()
     start = time.perf_counter()
     for _ in range(args.rounds):
         state = step(state, x, y, key)[0]
     jax.block_until_ready(state)
     seconds = time.perf_counter() - start
+    cpu = process_cpu_seconds() - cpu_before
+    threads = busy_threads(threads_before, thread_cpu_seconds(), seconds)
     with tempfile.TemporaryDirectory() as trace_dir:
         with jax.profiler.trace(trace_dir):
             for _ in range(args.rounds):
@@ -124,6 +157,8 @@ def main(argv: list[str] | None = None) -> None:
     described = describe_operations(step.as_text())
     print(f"{args.model}: {seconds / steps * 1e3:.2f} ms per step (wall, not profiled); "
           f"operations {sum(totals.values()) / steps / 1e6:.2f} ms per step (profiled)")
+    print(f"CPU seconds over the {seconds:.2f} s unprofiled: the process {cpu:.2f} "
+          f"({cpu / seconds:.2f} cores); live threads: {threads or 'none listed'}")
     for name, ns in totals.most_common(args.top):
         print(f"{ns / steps / 1e6:8.3f} ms  {name:34s} {described.get(name, '')}")
 

@@ -8,6 +8,8 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from collections import namedtuple
 from pathlib import Path
 
@@ -25,6 +27,7 @@ def test_profile_step_lists_the_step_operations_with_their_times():
     assert run.returncode == 0, run.stderr
     lines = run.stdout.splitlines()
     assert re.match(r"dense: [\d.]+ ms per step .*operations [\d.]+ ms per step", lines[0])
+    assert re.match(r"CPU seconds over the [\d.]+ s unprofiled: the process [\d.]+ ", lines[1])
     ops = [line for line in lines[1:] if re.match(r"\s*[\d.]+ ms  \S+", line)]
     assert ops, run.stdout
     # The dense network's forward pass is matrix products: one must appear with its shape.
@@ -43,3 +46,36 @@ def test_nested_operations_count_only_their_own_time(monkeypatch):
     totals = collections.Counter()
     profile_step._add_own_times(events, totals)
     assert totals == {"while.1": 30, "ffi_call.1": 30, "ffi_call.2": 40, "fusion": 5}
+
+
+def load_script(monkeypatch):
+    monkeypatch.setenv("XLA_FLAGS", os.environ.get("XLA_FLAGS", ""))  # the import appends to it
+    spec = importlib.util.spec_from_file_location("profile_step", SCRIPT)
+    profile_step = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(profile_step)
+    return profile_step
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="Linux's /proc")
+def test_a_thread_that_spins_is_listed_with_its_cpu_time(monkeypatch):
+    profile_step = load_script(monkeypatch)
+    stop = threading.Event()
+
+    def spin():
+        while not stop.is_set():
+            pass
+
+    spinner = threading.Thread(target=spin, name="spinner")
+    before = profile_step.thread_cpu_seconds()
+    spinner.start()
+    start = time.perf_counter()
+    time.sleep(0.3)
+    after = profile_step.thread_cpu_seconds()
+    wall = time.perf_counter() - start
+    stop.set()
+    spinner.join()
+    busy = profile_step.busy_threads(before, after, wall)
+    # The busiest thread is the spinner (this one sleeps): it holds the GIL, so about the
+    # whole wall time. (Python 3.11 does not give the OS thread its name.)
+    assert busy, "no thread listed"
+    assert float(busy.split(",")[0].split()[-1]) > 0.1, busy

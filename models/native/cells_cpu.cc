@@ -17,8 +17,8 @@
 // Under jax.vmap (vmap_method="broadcast_all") every operand and result has the
 // population's leading dimensions in front, as in lstm_cpu.cc, and the work is spread over
 // threads the same way: members, or row slices of a member's batch where the members are
-// fewer than the threads, then the kernel gradient in column blocks. Each handler checks every operand's shape before touching
-// memory (an error reaches Python as an exception).
+// fewer than the threads, then the kernel gradient in column blocks. Each handler checks
+// every operand's shape before touching memory (an error reaches Python as an exception).
 
 #include "cpu_kernels.h"
 
@@ -157,7 +157,8 @@ ffi::Error unknown(const char* what, int64_t id) {
 
 // ---- the handlers ---------------------------------------------------------------------
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0, int64_t cell, int64_t activation,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0,
+                       int64_t cell, int64_t activation,
                        F32Out h_last, F32Out hx, F32Out coefs) {
   constexpr const char* kName = "bench_cell_forward";
   if (activation < 0 || activation >= kActivations)
@@ -193,7 +194,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h
       // Slice i of member m: the member's part of every operand and result, its rows i.
       auto run = [&](int64_t m, int64_t i, const Gemm& gemm) {
         forward<Cell, decltype(act)>(
-            gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F, kernel.typed_data() + m * K * G,
+            gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F,
+            kernel.typed_data() + m * K * G,
             bias.typed_data() + m * G, h0.typed_data() + m * B * H,
             hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * C * H,
             h_last->typed_data() + m * B * H);
@@ -204,7 +206,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h
   return result;
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 coefs, F32 d_h_last, F32 hx, int64_t cell,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 coefs, F32 d_h_last, F32 hx,
+                        int64_t cell,
                         F32Out d_z, F32Out d_h0, F32Out d_kernel, F32Out d_bias) {
   constexpr const char* kName = "bench_cell_backward";
   Dims k = kernel.dimensions(), x = hx.dimensions(), carry = d_h_last.dimensions();

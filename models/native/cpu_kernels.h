@@ -1,7 +1,8 @@
 // What bench's CPU kernels (lstm_cpu.cc, cells_cpu.cc, conv_cpu.cc) share: vectorisable
 // float math, the activations with their derivatives, OpenBLAS products, operand checks and
-// spreading a call's tasks over XLA's threads. Everything is inside an anonymous namespace: each kernel's translation unit
-// gets its own copy, and nothing here is exported from the libraries.
+// spreading a call's tasks over XLA's threads. Everything is inside an anonymous namespace:
+// each kernel's translation unit gets its own copy, and nothing here is exported from the
+// libraries.
 
 #pragma once
 
@@ -195,11 +196,11 @@ void with_activation(int64_t id, F&& f) {
 
 // C = op(A) op(B) + beta C, row-major (sizes checked by check_sizes to fit the 32-bit BLAS).
 struct Gemm {
-  // On the calling thread only, for a thread that runs one task (a member, a slice, a tile)
-  // while others run the rest: as a batch of one product. OpenBLAS computes each product of a batch on a
-  // single thread and a batch of one on the caller's (driver/level3/gemm_batch_thread.c),
-  // whereas plain sgemms from several threads at once would queue for OpenBLAS's threads.
-  // False: a plain sgemm, split over OpenBLAS's threads.
+  // On the calling thread only, for a thread that runs one task (a member, a slice, a
+  // tile) while others run the rest: as a batch of one product. OpenBLAS computes each
+  // product of a batch on a single thread and a batch of one on the caller's
+  // (driver/level3/gemm_batch_thread.c), whereas plain sgemms from several threads at once
+  // would queue for OpenBLAS's threads. False: a plain sgemm, split over OpenBLAS's threads.
   bool alone = false;
 
   void operator()(CBLAS_TRANSPOSE ta, CBLAS_TRANSPOSE tb, int64_t m, int64_t n, int64_t k,
@@ -228,7 +229,9 @@ struct Range {
 
 // Part `i` of `parts` near-equal parts of `n` items, inner boundaries on multiples of `align`.
 inline Range part(int64_t i, int64_t parts, int64_t n, int64_t align = 1) {
-  auto edge = [&](int64_t k) { return k == parts ? n : std::min(n, n * k / parts / align * align); };
+  auto edge = [&](int64_t k) {
+    return k == parts ? n : std::min(n, n * k / parts / align * align);
+  };
   return Range{edge(i), edge(i + 1)};
 }
 
@@ -334,8 +337,8 @@ inline ffi::Error expect_rank(const char* operand, Dims got, const Population& p
 //
 // Why XLA's pool rather than threads of our own: while a kernel runs, XLA's idle workers
 // keep spinning for a while before they sleep, and a thread of ours would share a core with
-// one of them (docs/measurements.md, "The kernels on XLA's own threads"). A helper of the pool
-// is that worker, put to use.
+// one of them (docs/measurements.md, "The kernels on XLA's own threads"). A helper of the
+// pool is that worker, put to use.
 //
 // The calling thread takes tasks too and, once none is left, waits only for those a helper
 // has begun; a helper that starts late finds none and returns touching nothing but `Shared`,

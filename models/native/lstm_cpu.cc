@@ -159,7 +159,8 @@ ffi::Error check_forward(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, F32Out h_
       expect("cs", cs->dimensions(), p, {T, B, H})});
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, int64_t activation,
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0,
+                       int64_t activation,
                        F32Out h_last, F32Out c_last, F32Out hx, F32Out coefs, F32Out cs) {
   Shape s{};
   Population p;
@@ -181,7 +182,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h
     // Slice i of member m: the member's part of every operand and result, its rows i.
     auto run = [&](int64_t m, int64_t i, const Gemm& gemm) {
       forward<decltype(act)>(
-          gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F, kernel.typed_data() + m * K * G,
+          gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F,
+          kernel.typed_data() + m * K * G,
           bias.typed_data() + m * G, h0.typed_data() + m * B * H, c0.typed_data() + m * B * H,
           hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * kCoefs * H,
           cs->typed_data() + m * T * B * H, h_last->typed_data() + m * B * H,
@@ -219,7 +221,8 @@ ffi::Error check_backward(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F
       expect("d_bias", d_bias->dimensions(), p, {s.G()})});
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F32 d_c_last,
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 c0, F32 coefs, F32 cs,
+                        F32 d_h_last, F32 d_c_last,
                         F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
                         F32Out d_bias) {
   Shape s{};
@@ -246,7 +249,8 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 c0, F32 coefs, F32
                     d_bias->typed_data() + m * G, part(i, slices, G, 16));
   };
   constexpr const char* kName = "bench_lstm_backward";
-  if (auto error = for_each_slice(kName, pool, p.members, slices, loop); error.failure()) return error;
+  if (auto error = for_each_slice(kName, pool, p.members, slices, loop); error.failure())
+    return error;
   return for_each_slice(kName, pool, p.members, slices, gradient);
 }
 
