@@ -277,8 +277,10 @@ class _Population:
     def _speedup(self, records: list[Record]) -> float | None:
         """The members' own epoch times (steps x their median step time, from the timed
         rounds), summed, over the population's steady epoch time: an estimate of how much
-        faster the population trained than its members would one at a time."""
+        faster the population trained than its members would one at a time. A member with
+        no timed rounds (diverged or failed) was still trained by the population to the end,
+        masked: it counts at the timed members' mean."""
         alone = [r.steps_per_epoch * r.step_ms / 1000 for r in records if r.step_ms]
-        if len(alone) != len(records) or not self.shared.get("steady_epoch_s"):
+        if not alone or not self.shared.get("steady_epoch_s"):
             return None
-        return round(sum(alone) / self.shared["steady_epoch_s"], 2)
+        return round(sum(alone) / len(alone) * len(records) / self.shared["steady_epoch_s"], 2)

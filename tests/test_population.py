@@ -249,6 +249,8 @@ def test_each_member_is_a_record_with_its_own_key_and_history(dataset):
         assert record.step_ms > 0 and len(record.rounds_s) == PROTOCOL.repeats  # timed alone
         assert record.flops_per_step == pytest.approx(alone.flops_per_step, rel=1e-4)  # + the lr read
         assert record.params == alone.params
+    own_epochs = sum(r.steps_per_epoch * r.step_ms / 1000 for r in records)
+    assert pop["speedup"] == pytest.approx(own_epochs / pop["steady_epoch_s"], abs=0.01)
 
 
 def test_a_diverged_member_is_recorded_and_masked_while_the_others_match_their_solo_runs(dataset):
@@ -256,6 +258,10 @@ def test_a_diverged_member_is_recorded_and_masked_while_the_others_match_their_s
     records = run(cfgs, dataset)
     assert [r.status for r in records] == ["ok", "diverged", "ok"]
     assert len(records[1].history) == 1 and records[1].rounds_s == []
+    # The speed-up counts the diverged member, trained on masked, at the others' mean.
+    own = [r.steps_per_epoch * r.step_ms / 1000 for r in (records[0], records[2])]
+    pop = records[0].population
+    assert pop["speedup"] == pytest.approx(sum(own) / 2 * 3 / pop["steady_epoch_s"], abs=0.01)
     for index in (0, 2):
         alone = run_trial(cfgs[index], dataset, jax.devices("cpu")[0], PROTOCOL)
         assert records[index].test_loss == pytest.approx(alone.test_loss, rel=1e-4)

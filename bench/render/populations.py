@@ -55,7 +55,8 @@ CAPTION = ("Trials that differ only in seed, learning rate, L1, L2 and dropout r
            "FLOP/s over the calibrated peak of every device it ran on) are the population's, "
            "shared by its members; each member's own ms/step, in the other tables, comes from timed "
            "rounds it ran alone. Speed-up: the members' own epoch times (steps per epoch x "
-           "their median step time), summed, over the population's steady epoch time: an "
+           "their median step time), summed, over the population's steady epoch time (a "
+           "diverged or failed member, which has no timed rounds, at the others' mean): an "
            "estimate of how much faster training together was than one trial at a time. Time "
            "to accuracy of these trials is on their population's clock.")
 
