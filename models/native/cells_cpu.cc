@@ -158,8 +158,8 @@ ffi::Error unknown(const char* what, int64_t id) {
 // ---- the handlers ---------------------------------------------------------------------
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0,
-                       int64_t cell, int64_t activation,
-                       F32Out h_last, F32Out hx, F32Out coefs) {
+                       int64_t cell, int64_t activation, F32Out h_last, F32Out hx,
+                       F32Out coefs) {
   constexpr const char* kName = "bench_cell_forward";
   if (activation < 0 || activation >= kActivations)
     return in(kName, unknown("activation", activation));
@@ -195,8 +195,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h
       auto run = [&](int64_t m, int64_t i, const Gemm& gemm) {
         forward<Cell, decltype(act)>(
             gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F,
-            kernel.typed_data() + m * K * G,
-            bias.typed_data() + m * G, h0.typed_data() + m * B * H,
+            kernel.typed_data() + m * K * G, bias.typed_data() + m * G,
+            h0.typed_data() + m * B * H,
             hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * C * H,
             h_last->typed_data() + m * B * H);
       };
@@ -207,8 +207,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 coefs, F32 d_h_last, F32 hx,
-                        int64_t cell,
-                        F32Out d_z, F32Out d_h0, F32Out d_kernel, F32Out d_bias) {
+                        int64_t cell, F32Out d_z, F32Out d_h0, F32Out d_kernel,
+                        F32Out d_bias) {
   constexpr const char* kName = "bench_cell_backward";
   Dims k = kernel.dimensions(), x = hx.dimensions(), carry = d_h_last.dimensions();
   if (x.size() < 3)

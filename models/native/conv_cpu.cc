@@ -292,8 +292,7 @@ ffi::Error shape_of(F32 x, F32 kernel, ConvShape& s) {
 // Runs `run(first_image, images, thread, gemm, scratch)` for every tile of the batch.
 template <class Run>
 ffi::Error for_each_tile(const char* handler, ffi::ThreadPool& pool, const ConvShape& s,
-                         bool input_gradient,
-                         std::vector<Scratch>& scratch, const Run& run) {
+                         bool input_gradient, std::vector<Scratch>& scratch, const Run& run) {
   const int64_t per_tile = tile_images(s), tiles = (s.B + per_tile - 1) / per_tile;
   const int64_t threads = task_threads(tiles), rows = per_tile * s.pixels();
   try {
@@ -329,9 +328,8 @@ ffi::Error check_activation(int64_t activation) {
   return ffi::Error::InvalidArgument("unknown activation id " + std::to_string(activation));
 }
 
-ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias, int64_t activation,
-                       F32Out y,
-                       F32Out slope) {
+ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias,
+                       int64_t activation, F32Out y, F32Out slope) {
   constexpr const char* kName = "bench_conv_block_forward";
   ConvShape s{};
   bool save_slope = false;
@@ -359,9 +357,9 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias, int64_
   return result;
 }
 
-ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias, F32 slope, F32 d_y,
-                        int64_t activation,
-                        F32Out d_x, F32Out d_kernel, F32Out d_bias) {
+ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 x, F32 kernel, F32 bias, F32 slope,
+                        F32 d_y, int64_t activation, F32Out d_x, F32Out d_kernel,
+                        F32Out d_bias) {
   constexpr const char* kName = "bench_conv_block_backward";
   ConvShape s{};
   bool saved_slope = false, input_gradient = false;

@@ -160,8 +160,8 @@ ffi::Error check_forward(F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0, F32Out h_
 }
 
 ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h0, F32 c0,
-                       int64_t activation,
-                       F32Out h_last, F32Out c_last, F32Out hx, F32Out coefs, F32Out cs) {
+                       int64_t activation, F32Out h_last, F32Out c_last, F32Out hx,
+                       F32Out coefs, F32Out cs) {
   Shape s{};
   Population p;
   if (auto error = check_forward(xs, kernel, bias, h0, c0, h_last, c_last, hx, coefs, cs, s, p);
@@ -183,8 +183,8 @@ ffi::Error ForwardImpl(ffi::ThreadPool pool, F32 xs, F32 kernel, F32 bias, F32 h
     auto run = [&](int64_t m, int64_t i, const Gemm& gemm) {
       forward<decltype(act)>(
           gemm, s, part(i, slices, B), xs.typed_data() + m * T * B * s.F,
-          kernel.typed_data() + m * K * G,
-          bias.typed_data() + m * G, h0.typed_data() + m * B * H, c0.typed_data() + m * B * H,
+          kernel.typed_data() + m * K * G, bias.typed_data() + m * G,
+          h0.typed_data() + m * B * H, c0.typed_data() + m * B * H,
           hx->typed_data() + m * T * B * K, coefs->typed_data() + m * T * B * kCoefs * H,
           cs->typed_data() + m * T * B * H, h_last->typed_data() + m * B * H,
           c_last->typed_data() + m * B * H);
@@ -222,9 +222,8 @@ ffi::Error check_backward(F32 kernel, F32 c0, F32 coefs, F32 cs, F32 d_h_last, F
 }
 
 ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 c0, F32 coefs, F32 cs,
-                        F32 d_h_last, F32 d_c_last,
-                        F32 hx, F32Out d_z, F32Out d_h0, F32Out d_c0, F32Out d_kernel,
-                        F32Out d_bias) {
+                        F32 d_h_last, F32 d_c_last, F32 hx, F32Out d_z, F32Out d_h0,
+                        F32Out d_c0, F32Out d_kernel, F32Out d_bias) {
   Shape s{};
   Population p;
   if (auto error = check_backward(kernel, c0, coefs, cs, d_h_last, d_c_last, hx, d_z, d_h0, d_c0,
