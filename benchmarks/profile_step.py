@@ -6,10 +6,10 @@ Runs bench's `train_round` program (Adam, relu, batch 128, random data) under
 `jax.profiler.trace` with XLA:CPU's per-operation trace events switched on, and prints
 each operation's mean own time per step (without the operations nested in it, such as a
 loop's body) with its HLO shape and operands; and, over the unprofiled rounds, the CPU time
-of the process and of each busy thread (a thread that spins beside the work shows there). Operations that run on several threads are
-counted once per thread that reported them, so the column can add up to more than the
-step's wall time. XLA:CPU only (on a GPU, use the trace
-with TensorBoard or Perfetto instead). A developer's tool (it is how the per-step
+of the process and of each busy thread (a thread that spins beside the work shows there).
+Operations that run on several threads are counted once per thread that reported them, so
+the column can add up to more than the step's wall time. XLA:CPU only (on a GPU, use the
+trace with TensorBoard or Perfetto instead). A developer's tool (it is how the per-step
 figures in docs/measurements.md were taken), not part of `bench run`.
 """
 

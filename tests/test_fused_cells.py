@@ -22,7 +22,8 @@ from bench.registry import ACTIVATIONS
 from models import fused_cells
 from models.recurrence import recur
 from models.recurrent import CELLS
-from test_fused_lstm import activation, blas_threads, custom_calls as lstm_custom_calls, loss_and_grads  # noqa: F401 (a fixture)
+from test_fused_lstm import activation, custom_calls as lstm_custom_calls, loss_and_grads
+from test_fused_lstm import blas_threads  # noqa: F401 (a fixture the tests below use)
 from test_models import images, normal, tiny
 
 KERNEL_TARGETS = ("bench_cell_forward", "bench_cell_backward")
