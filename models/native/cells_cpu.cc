@@ -244,13 +244,11 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 coefs, F32 d_h_las
                      coefs.typed_data() + m * T * B * C * H, d_h0->typed_data() + m * B * H,
                      d_z->typed_data() + m * T * B * G);
     };
-    auto gradient = [&](int64_t m, int64_t i, const Gemm& gemm) {
-      kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K,
-                      d_z->typed_data() + m * T * B * G, d_kernel->typed_data() + m * K * G,
-                      d_bias->typed_data() + m * G, part(i, slices, G, 16));
-    };
     result = for_each_slice(kName, pool, p.members, slices, loop);
-    if (result.success()) result = for_each_slice(kName, pool, p.members, slices, gradient);
+    if (result.success())
+      result = kernel_gradients(kName, pool, p.members, slices, T * B, K, G, hx.typed_data(),
+                                d_z->typed_data(), d_kernel->typed_data(),
+                                d_bias->typed_data());
   });
   return result;
 }

@@ -438,4 +438,21 @@ ffi::Error for_each_slice(const char* handler, ffi::ThreadPool& pool, int64_t me
                        });
 }
 
+// `kernel_gradient` for every member of a recurrent kernel's backward pass, each member's
+// columns cut into `slices` blocks (as its time loop was cut into row slices, so that each
+// thread again has a task). Operands are the members' stacked (rows, K), (rows, G), (K, G)
+// and (G) arrays.
+inline ffi::Error kernel_gradients(const char* handler, ffi::ThreadPool& pool,
+                                   int64_t members, int64_t slices, int64_t rows, int64_t K,
+                                   int64_t G, const float* hx, const float* d_z,
+                                   float* d_kernel, float* d_bias) {
+  constexpr int64_t kColumnAlign = 16;  // a block starts on a 64-byte boundary of its row
+  return for_each_slice(handler, pool, members, slices,
+                        [&](int64_t m, int64_t i, const Gemm& gemm) {
+                          kernel_gradient(gemm, rows, K, G, hx + m * rows * K,
+                                          d_z + m * rows * G, d_kernel + m * K * G,
+                                          d_bias + m * G, part(i, slices, G, kColumnAlign));
+                        });
+}
+
 }  // namespace

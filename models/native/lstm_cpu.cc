@@ -242,15 +242,11 @@ ffi::Error BackwardImpl(ffi::ThreadPool pool, F32 kernel, F32 c0, F32 coefs, F32
              cs.typed_data() + m * T * B * H, d_h0->typed_data() + m * B * H,
              d_c0->typed_data() + m * B * H, d_z->typed_data() + m * T * B * G);
   };
-  auto gradient = [&](int64_t m, int64_t i, const Gemm& gemm) {
-    kernel_gradient(gemm, T * B, K, G, hx.typed_data() + m * T * B * K,
-                    d_z->typed_data() + m * T * B * G, d_kernel->typed_data() + m * K * G,
-                    d_bias->typed_data() + m * G, part(i, slices, G, 16));
-  };
   constexpr const char* kName = "bench_lstm_backward";
   if (auto error = for_each_slice(kName, pool, p.members, slices, loop); error.failure())
     return error;
-  return for_each_slice(kName, pool, p.members, slices, gradient);
+  return kernel_gradients(kName, pool, p.members, slices, T * B, K, G, hx.typed_data(),
+                          d_z->typed_data(), d_kernel->typed_data(), d_bias->typed_data());
 }
 
 }  // namespace
