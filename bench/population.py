@@ -13,7 +13,9 @@ time comes from timed rounds it runs alone, after training, with a one-member
 program compiled once for the group.
 
 A member whose loss becomes NaN/inf is recorded `diverged` at that epoch and
-frozen while the others train on. A population that fails as a whole (out of
+frozen while the others train on; where the epochs left would take longer than
+compiling the programs again, its rows are dropped from the population
+(`population.retired`). A population that fails as a whole (out of
 memory, say) is retried as two halves before any member is recorded `failed`.
 """
 
@@ -82,11 +84,17 @@ class _Population:
         self.unit, self.members, self.protocol = unit, unit.members, protocol
         self.first = unit.members[0]
         self.dataset, self.peak_flops, self.on_epoch = dataset, peak_flops, on_epoch
-        self.mesh = devices.population_mesh(device_list, unit.size)
-        self.device = device_list[0]
-        self.padded = devices.padded_size(unit.size, self.mesh)
+        self.device_list, self.device = device_list, device_list[0]
+        self._lay_out(list(range(unit.size)))
         self.shared: dict = {"group": unit.group, "size": unit.size,
                              "devices": self.mesh.size if self.mesh else 1}
+
+    def _lay_out(self, members: list[int]) -> None:
+        """The program's rows: these members (indices into `self.members`) in order, then
+        padding up to a multiple of the mesh's devices."""
+        self.row_members = members
+        self.mesh = devices.population_mesh(self.device_list, len(members))
+        self.padded = devices.padded_size(len(members), self.mesh)
 
     def run(self) -> list[Record]:
         start = time.perf_counter()
@@ -130,6 +138,12 @@ class _Population:
         recorded: they only fill the mesh)."""
         return list(self.members) + [self.members[-1]] * (self.padded - self.unit.size)
 
+    def _row_mask(self, members: np.ndarray) -> np.ndarray:
+        """Per row of the program: whether it trains, from a per-member mask. Padding keeps
+        training (its values are a real member's; it is never recorded)."""
+        padding = np.ones(self.padded - len(self.row_members), bool)
+        return np.concatenate([members[self.row_members], padding])
+
     def _compile(self, records: list[Record]):
         """Places data and the stacked initial states, and compiles the population's
         programs and the one-member round program."""
@@ -148,13 +162,8 @@ class _Population:
         state = jax.jit(self.program.init)(params, hyper)
         data = devices.replicate(place_dataset(self.dataset, self.device), self.mesh)
         state, hyper, keys = devices.shard_members((state, hyper, keys), self.mesh)
-        active = devices.shard_members(jnp.ones(self.padded, bool), self.mesh)
-        x, y, x_test, y_test = data
         with CacheHits() as cache:
-            self.epoch, compile_s = compile_ahead(self.program.train_epoch, state, hyper, active,
-                                                  x, y, keys, donate_argnums=0)
-            self.evaluate, eval_compile_s = compile_ahead(self.program.evaluate, state.params,
-                                                          x_test, y_test)
+            compile_s, eval_compile_s = self._compile_population(state, hyper, keys, data)
             one = self._member_state(state, 0)
             key = jax.device_put(keys[0], self.device)
             self.train_round, round_compile_s = compile_ahead(
@@ -171,6 +180,17 @@ class _Population:
             record.params, record.flops_per_step = n_params, flops
         return state, (hyper, keys, data)
 
+    def _compile_population(self, state, hyper, keys, data) -> tuple[float, float]:
+        """Compiles the population's epoch and evaluation programs for the current rows;
+        returns their compile seconds."""
+        x, y, x_test, y_test = data
+        active = devices.shard_members(jnp.ones(self.padded, bool), self.mesh)
+        self.epoch, compile_s = compile_ahead(self.program.train_epoch, state, hyper, active,
+                                              x, y, keys, donate_argnums=0)
+        self.evaluate, eval_compile_s = compile_ahead(self.program.evaluate, state.params,
+                                                      x_test, y_test)
+        return compile_s, eval_compile_s
+
     def _step_flops(self, config, state, hyper, key) -> float | None:
         """One member's FLOPs per step, its time loop (if any) unrolled for the count."""
         model = build_model(config)
@@ -183,40 +203,77 @@ class _Population:
     # ------------------------------------------------------------ training
 
     def _train(self, state, arrays, records: list[Record]):
-        hyper, keys, (x, y, x_test, y_test) = arrays
-        active = np.ones(self.padded, bool)
-        active[self.unit.size:] = False  # padding trains but never counts
-        epoch_s, samples = [], []
+        hyper, keys, data = arrays
+        active = np.ones(self.unit.size, bool)  # per member: trains on (False once diverged)
+        epoch_s, samples, trained = [], [], []
         fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
         for index in range(self.first.epochs):
             training = active.copy()
-            member_active = devices.shard_members(jnp.asarray(training | self._padding_mask()),
-                                                  self.mesh)
+            row_active = devices.shard_members(jnp.asarray(self._row_mask(training)), self.mesh)
             epoch_keys = devices.shard_members(fold(keys, index), self.mesh)
-            (state, losses, accs), seconds = timed_call(self.epoch, state, hyper, member_active,
-                                                        x, y, epoch_keys)
-            test_losses, test_accs = (np.asarray(v) for v in self.evaluate(state.params, x_test,
-                                                                           y_test))
+            (state, losses, accs), seconds = timed_call(self.epoch, state, hyper, row_active,
+                                                        data[0], data[1], epoch_keys)
+            test_losses, test_accs = (np.asarray(v)
+                                      for v in self.evaluate(state.params, *data[2:]))
             epoch_s.append(round(seconds, 4))
-            samples.append(int(training.sum()) * records[0].steps_per_epoch
-                           * self.first.batch_size / seconds)
-            for i in np.flatnonzero(training[: self.unit.size]):
-                active[i] = self._after_epoch(records[i], index, float(losses[i]), float(accs[i]),
-                                              float(test_losses[i]), float(test_accs[i]), seconds)
-            self.on_epoch({"epoch": index + 1, "members": int(training.sum()),
-                           "test_accuracy": float(np.max(test_accs[: self.unit.size]))})
+            trained.append(int(training.sum()))
+            samples.append(trained[-1] * records[0].steps_per_epoch * self.first.batch_size
+                           / seconds)
+            for row, member in enumerate(self.row_members):
+                if training[member]:
+                    active[member] = self._after_epoch(
+                        records[member], index, float(losses[row]), float(accs[row]),
+                        float(test_losses[row]), float(test_accs[row]), seconds)
+            rows = [row for row, member in enumerate(self.row_members) if training[member]]
+            self.on_epoch({"epoch": index + 1, "members": trained[-1],
+                           "test_accuracy": float(np.max(test_accs[rows]))})
             if not active.any():
                 break
+            live = [m for m in self.row_members if active[m]]
+            if len(live) < len(self.row_members) and worth_retiring(
+                    self.padded, self._padded_size(len(live)), seconds,
+                    self.first.epochs - index - 1, self._last_compile_s):
+                state, hyper, keys, data = self._retire(live, state, hyper, keys, index + 1)
         self.shared |= {"epoch_s": epoch_s, "first_epoch_s": epoch_s[0],
-                        "steady_epoch_s": steady(epoch_s),
+                        "steady_epoch_s": steady(epoch_s), "members_per_epoch": trained,
                         "member_samples_per_s": round(float(np.median(samples[1:] or samples)), 1)}
         return state
 
-    def _padding_mask(self) -> np.ndarray:
-        """Padding keeps training (its values are a real member's, never NaN-prone alone)."""
-        mask = np.zeros(self.padded, bool)
-        mask[self.unit.size:] = True
-        return mask
+    # ------------------------------------------------------------ retiring diverged members
+
+    def _padded_size(self, members: int) -> int:
+        return devices.padded_size(members, devices.population_mesh(self.device_list, members))
+
+    @property
+    def _last_compile_s(self) -> float:
+        """What the population's programs took to compile last (a smaller population's
+        cost about as much)."""
+        latest = (self.shared.get("retired") or [self.shared])[-1]
+        return latest["compile_s"] + latest["eval_compile_s"]
+
+    def _retire(self, live: list[int], state, hyper, keys, after_epoch: int):
+        """The population of `live` members only: their rows of the state, values and keys
+        gathered, laid out anew, and the two programs compiled for it. A diverged member's
+        rows are dropped (its record is already complete); the others' values are theirs."""
+        rows = np.asarray([self.row_members.index(m) for m in live])
+        self._lay_out(live)
+        rows = np.concatenate([rows, np.repeat(rows[-1], self.padded - len(live))])
+        state, hyper, keys = (self._place(jax.tree.map(lambda leaf: leaf[rows], tree))
+                              for tree in (state, hyper, keys))
+        data = devices.replicate(place_dataset(self.dataset, self.device), self.mesh)
+        with CacheHits() as cache:
+            compile_s, eval_compile_s = self._compile_population(state, hyper, keys, data)
+        self.shared.setdefault("retired", []).append(
+            {"after_epoch": after_epoch, "members": len(live), "padded": self.padded,
+             "devices": self.mesh.size if self.mesh else 1, "compile_s": round(compile_s, 4),
+             "eval_compile_s": round(eval_compile_s, 4), "compile_cache_hits": cache.hits})
+        return state, hyper, keys, data
+
+    def _place(self, tree):
+        """`tree`'s member-axis arrays sharded over the current mesh, or on the one device."""
+        if self.mesh is None:
+            return jax.device_put(tree, self.device)
+        return devices.shard_members(tree, self.mesh)
 
     def _after_epoch(self, record: Record, index: int, loss: float, acc: float,
                      test_loss: float, test_acc: float, seconds: float) -> bool:
@@ -232,9 +289,9 @@ class _Population:
 
     # ------------------------------------------------------------ members alone
 
-    def _member_state(self, state, index: int):
-        """Member `index`'s state, on the first device, as a program of one member takes it."""
-        return jax.device_put(jax.tree.map(lambda leaf: leaf[index], state), self.device)
+    def _member_state(self, state, row: int):
+        """The state in `row`, on the first device, as a program of one member takes it."""
+        return jax.device_put(jax.tree.map(lambda leaf: leaf[row], state), self.device)
 
     def _member_hyper(self, hyper: Hyper, index: int) -> Hyper:
         return jax.device_put(jax.tree.map(lambda leaf: leaf[index], hyper), self.device)
@@ -249,8 +306,8 @@ class _Population:
             one_hyper = self._member_hyper(hyper, index)
             train_round = lambda s, xs, ys, k, h=one_hyper: self.train_round(s, h, xs, ys, k)  # noqa: E731
             key = jax.random.key(record.config.seed)
-            time_alone(train_round, self._member_state(state, index), x, y, key, self.protocol,
-                       record)
+            own = self._member_state(state, self.row_members.index(index))
+            time_alone(train_round, own, x, y, key, self.protocol, record)
             round_figures(record, record.config, self.protocol, self.peak_flops)
 
     def _finish(self, records: list[Record]) -> None:
@@ -260,27 +317,56 @@ class _Population:
         for index, record in enumerate(records):
             clock = [{**h, "epoch_s": h["population_epoch_s"]} for h in record.history]
             tta = time_to_accuracy(clock, self.protocol.targets, shared["compile_s"])
+            for hit in filter(None, tta.values()):  # recompiling after retiring is on the clock
+                hit["with_compile_s"] = round(hit["with_compile_s"] + sum(
+                    r["compile_s"] for r in shared.get("retired", [])
+                    if r["after_epoch"] < hit["epoch"]), 4)
             record.population = {**shared, "index": index, "time_to_accuracy": tta}
 
+    def _steady_epochs(self) -> list[int]:
+        """The epochs the steady figures cover: those after the first (else the only one)."""
+        return list(range(1, len(self.shared["epoch_s"]))) or [0]
+
     def _throughput(self, records: list[Record]) -> dict:
-        """The population's FLOP/s over its steady epochs, and their share of the peak of
-        every device it ran on (the calibrated peak is one device's)."""
+        """The population's FLOP/s over its steady epochs, counting the members that trained
+        in each (not masked or padding rows), and their share of the peak of every device
+        it ran on (the calibrated peak is one device's)."""
         flops = records[0].flops_per_step
-        if not (flops and self.shared.get("steady_epoch_s")):
+        epochs = self._steady_epochs()
+        seconds = sum(self.shared["epoch_s"][e] for e in epochs)
+        if not (flops and seconds):
             return {}
-        steps = records[0].steps_per_epoch * self.unit.size
-        achieved = round(flops * steps / self.shared["steady_epoch_s"], 1)
+        member_epochs = sum(self.shared["members_per_epoch"][e] for e in epochs)
+        steps = records[0].steps_per_epoch * member_epochs
+        achieved = round(flops * steps / seconds, 1)
         peak = self.peak_flops * self.shared["devices"] if self.peak_flops else None
         return {"achieved_flops": achieved,
                 "peak_fraction": round(achieved / peak, 4) if peak else None}
 
     def _speedup(self, records: list[Record]) -> float | None:
-        """The members' own epoch times (steps x their median step time, from the timed
-        rounds), summed, over the population's steady epoch time: an estimate of how much
-        faster the population trained than its members would one at a time. A member with
-        no timed rounds (diverged or failed) was still trained by the population to the end,
-        masked: it counts at the timed members' mean."""
-        alone = [r.steps_per_epoch * r.step_ms / 1000 for r in records if r.step_ms]
-        if not alone or not self.shared.get("steady_epoch_s"):
+        """How much faster the population's steady epochs went than its members would have
+        one at a time: each member's own epoch time (steps x its median step time, from its
+        timed rounds) for every steady epoch it trained in, summed, over the epochs' wall
+        time. Alone, a diverged member stops after the epoch it diverged in, so it counts
+        for the epochs up to that one only, at the timed members' mean (it has no timed
+        rounds); the population's cost of carrying it on, masked, shows as a lower figure."""
+        own = [r.steps_per_epoch * r.step_ms / 1000 if r.step_ms else None for r in records]
+        timed = [t for t in own if t is not None]
+        epochs = self._steady_epochs()
+        seconds = sum(self.shared["epoch_s"][e] for e in epochs)
+        if not timed or not seconds:
             return None
-        return round(sum(alone) / len(alone) * len(records) / self.shared["steady_epoch_s"], 2)
+        mean = sum(timed) / len(timed)
+        alone = sum(mean if t is None else t
+                    for t, record in zip(own, records) for e in epochs if e < len(record.history))
+        return round(alone / seconds, 2)
+
+
+def worth_retiring(rows_now: int, rows_after: int, epoch_s: float, epochs_left: int,
+                   compile_s: float) -> bool:
+    """Whether to drop diverged members' rows for the epochs left: the epoch time they
+    cost (taken as proportional to the rows, as on a CPU; an accelerator with room to
+    spare saves less) against compiling the two programs again for fewer rows."""
+    if epochs_left <= 0 or rows_after >= rows_now:
+        return False
+    return epoch_s * (1 - rows_after / rows_now) * epochs_left > compile_s

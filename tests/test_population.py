@@ -258,13 +258,70 @@ def test_a_diverged_member_is_recorded_and_masked_while_the_others_match_their_s
     records = run(cfgs, dataset)
     assert [r.status for r in records] == ["ok", "diverged", "ok"]
     assert len(records[1].history) == 1 and records[1].rounds_s == []
-    # The speed-up counts the diverged member, trained on masked, at the others' mean.
-    own = [r.steps_per_epoch * r.step_ms / 1000 for r in (records[0], records[2])]
     pop = records[0].population
-    assert pop["speedup"] == pytest.approx(sum(own) / 2 * 3 / pop["steady_epoch_s"], abs=0.01)
+    # On this tiny data recompiling costs more than the masked rows: the member stays in.
+    assert "retired" not in pop and pop["members_per_epoch"] == [3, 2]
+    # Alone, the diverged trial would have stopped after its first epoch: the speed-up
+    # over the steady (second) epoch counts the other two members only.
+    own = [r.steps_per_epoch * r.step_ms / 1000 for r in (records[0], records[2])]
+    assert pop["speedup"] == pytest.approx(sum(own) / pop["steady_epoch_s"], abs=0.01)
     for index in (0, 2):
         alone = run_trial(cfgs[index], dataset, jax.devices("cpu")[0], PROTOCOL)
         assert records[index].test_loss == pytest.approx(alone.test_loss, rel=1e-4)
+
+
+def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
+        dataset, monkeypatch):
+    """Once dropping the diverged rows pays, the population goes on without them: the
+    others keep their own values, keys and state, and end as their solo runs."""
+    from bench import population
+    monkeypatch.setattr(population, "worth_retiring", lambda *_: True)
+    cfgs = [config(optimizer="sgd", learning_rate=lr, seed=s, epochs=3)
+            for lr, s in ((1e30, 3), (0.05, 0), (1e30, 1), (0.01, 2))]
+    records = run(cfgs, dataset)
+    assert [r.status for r in records] == ["diverged", "ok", "diverged", "ok"]
+    pop = records[1].population
+    assert pop["members_per_epoch"] == [4, 2, 2] and pop["size"] == 4
+    [retired] = pop["retired"]
+    assert (retired["after_epoch"], retired["members"], retired["padded"]) == (1, 2, 2)
+    assert retired["compile_s"] > 0
+    for index in (1, 3):
+        alone = run_trial(cfgs[index], dataset, jax.devices("cpu")[0], PROTOCOL)
+        assert records[index].population["index"] == index
+        assert records[index].step_ms > 0  # timed alone from its own row after retiring
+        for mine, theirs in zip(records[index].history, alone.history, strict=True):
+            assert mine["test_loss"] == pytest.approx(theirs["test_loss"], rel=1e-4)
+        hit = records[index].population["time_to_accuracy"]
+        for target in filter(None, hit.values()):  # the recompile is on the clock after epoch 1
+            extra = retired["compile_s"] if target["epoch"] > 1 else 0
+            assert target["with_compile_s"] == pytest.approx(
+                target["train_s"] + pop["compile_s"] + extra, abs=1e-3)
+    own = [r.steps_per_epoch * r.step_ms / 1000 for r in (records[1], records[3])]
+    assert pop["speedup"] == pytest.approx(
+        2 * sum(own) / (pop["epoch_s"][1] + pop["epoch_s"][2]), abs=0.01)
+    # The reports say how many members were left, and from when.
+    from bench.render.csv import render_csv
+    from bench.render.populations import populations_table
+    from bench.render.runs import Run
+    runs = [Run(Path("run"), {"run_id": "r"}, tuple(records), "run")]
+    assert populations_table(runs).rows[0][1].text == "4, 2 from epoch 2"
+    import csv
+    import io
+    rows = csv.DictReader(io.StringIO(render_csv(runs)))
+    assert {row["population_members_per_epoch"] for row in rows} == {"4 2 2"}
+
+
+@pytest.mark.parametrize("rows_now, rows_after, epoch_s, epochs_left, compile_s, worth", [
+    (27, 20, 120.0, 2, 4.0, True),    # a quarter of a long epoch, twice: recompile
+    (27, 20, 1.0, 2, 4.0, False),     # short epochs: compiling costs more
+    (27, 20, 120.0, 0, 4.0, False),   # no epoch left
+    (4, 4, 120.0, 2, 0.0, False),     # padding back to the same rows: nothing saved
+    (8, 6, 8.0, 1, 2.0, False),       # saves exactly the compile time: not worth it
+    (8, 6, 8.0, 2, 2.0, True),
+])
+def test_worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s, worth):
+    from bench.population import worth_retiring
+    assert worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s) is worth
 
 
 @pytest.mark.slow
@@ -291,10 +348,11 @@ def test_a_failing_population_is_retried_as_halves_before_anything_fails(dataset
 # ---------------------------------------------------------------- across devices
 
 
-TWO_DEVICES = """
+SCRIPT_PRELUDE = """
 import json, sys
 sys.path.insert(0, 'tests')
 import jax, numpy as np
+from bench import population
 from bench.population import run_population
 from bench.schema import TimingProtocol
 from test_population import PROTOCOL, config, unit_of
@@ -304,6 +362,9 @@ from test_training import X_TRAIN, Y_TRAIN, synthetic
 x_test, y_test = synthetic(64, seed=1)
 data = Dataset("synthetic", "npz", "", np.asarray(X_TRAIN), np.asarray(Y_TRAIN),
                np.asarray(x_test), np.asarray(y_test))
+"""
+
+TWO_DEVICES = """
 cfgs = [config(learning_rate=lr, seed=s) for lr, s in ((1e-3, 0), (1e-2, 1), (3e-3, 2))]
 out = {}
 for n in (1, 2):
@@ -313,22 +374,60 @@ print(json.dumps(out))
 """
 
 
+def on_two_simulated_devices(body: str):
+    """What `body` (after SCRIPT_PRELUDE) prints last, as JSON, run in a process whose CPU
+    is split into two XLA devices."""
+    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+           "JAX_PLATFORMS": "cpu"}
+    out = subprocess.run([sys.executable, "-c", SCRIPT_PRELUDE + body], cwd=REPO, env=env,
+                         check=True, capture_output=True, text=True).stdout
+    import json
+    return json.loads(out.strip().splitlines()[-1])
+
+
 @pytest.mark.slow
 def test_two_devices_give_the_records_of_one(tmp_path):
     """Three members on two simulated CPU devices (padded to four): the same three
     records as on one device, to float tolerance, and no record for the padding."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
-           "JAX_PLATFORMS": "cpu"}
-    out = subprocess.run([sys.executable, "-c", TWO_DEVICES], cwd=REPO, env=env, check=True,
-                         capture_output=True, text=True).stdout
-    import json
-    result = json.loads(out.strip().splitlines()[-1])
+    result = on_two_simulated_devices(TWO_DEVICES)
     one, two = result["1"], result["2"]
     assert len(one) == len(two) == 3
     assert [r[:1] + r[2:3] for r in one] == [r[:1] + r[2:3] for r in two]
     assert {r[1] for r in one} == {1} and {r[1] for r in two} == {2}
     for a, b in zip(one, two):
         assert math.isclose(a[3], b[3], rel_tol=1e-4)
+
+
+RETIRING_ON_TWO_DEVICES = """
+from bench.trial import run_trial
+population.worth_retiring = lambda *_: True
+out = {}
+for name, rates in (("two left", (1e-2, 1e30, 3e-3, 1e30)), ("one left", (1e-2, 1e30, 1e30))):
+    cfgs = [config(optimizer="sgd", learning_rate=lr, seed=s, epochs=3)
+            for s, lr in enumerate(rates)]
+    records = run_population(unit_of(cfgs), data, jax.devices("cpu")[:2], PROTOCOL)
+    out[name] = {"statuses": [r.status for r in records],
+                 "retired": records[0].population.get("retired"),
+                 "losses": [r.test_loss for r in records if r.status == "ok"],
+                 "alone": [run_trial(c, data, jax.devices("cpu")[0], PROTOCOL).test_loss
+                           for c, r in zip(cfgs, records) if r.status == "ok"]}
+print(json.dumps(out))
+"""
+
+
+@pytest.mark.slow
+def test_retiring_on_two_devices_shrinks_the_mesh_and_changes_no_result():
+    """Four members on two devices, two diverge: the two left stay split over both devices.
+    Three members, two diverge: the one left moves to one device. Either way the members
+    left end as they do alone."""
+    result = on_two_simulated_devices(RETIRING_ON_TWO_DEVICES)
+    two, one = result["two left"], result["one left"]
+    assert two["statuses"] == ["ok", "diverged", "ok", "diverged"]
+    assert one["statuses"] == ["ok", "diverged", "diverged"]
+    assert [(r["members"], r["padded"], r["devices"]) for r in two["retired"]] == [(2, 2, 2)]
+    assert [(r["members"], r["padded"], r["devices"]) for r in one["retired"]] == [(1, 1, 1)]
+    for case in (two, one):
+        assert case["losses"] == pytest.approx(case["alone"], rel=1e-4)
 
 
 @pytest.mark.slow
@@ -392,3 +491,11 @@ def test_auto_trains_conv_alone_on_cpu_and_populations_elsewhere():
     units = plan_units(conv, "auto", lambda c: auto_cap("gpu", c.model))
     assert [u.size for u in units] == [3]
     assert [u.size for u in plan_units(conv, 3, lambda c: auto_cap("cpu", c.model))] == [3]
+
+
+def test_the_populations_table_says_how_many_members_were_left():
+    from bench.render.populations import _members_cell
+    assert _members_cell({"size": 27}) == ("27", 27.0)
+    retired = [{"after_epoch": 1, "members": 20}, {"after_epoch": 2, "members": 18}]
+    assert _members_cell({"size": 27, "retired": retired}) == (
+        "27, 20 from epoch 2, 18 from epoch 3", 27.0)

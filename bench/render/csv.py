@@ -67,6 +67,8 @@ def flat_row(run: Run, record: Record, keys: list[str]) -> dict:
     row |= _tta(record.time_to_accuracy, keys)
     population = record.population or {}
     row |= {f"population_{k}": v for k, v in population.items() if k in POPULATION_COLUMNS}
+    if "members_per_epoch" in population:  # e.g. "27 20 20" once diverged members were dropped
+        row["population_members_per_epoch"] = " ".join(map(str, population["members_per_epoch"]))
     if "time_to_accuracy" in population:  # on the population's clock, shared by its members
         row |= _tta(population["time_to_accuracy"], keys, prefix="population_")
     machine = record.machine or {}
@@ -94,7 +96,7 @@ def render_csv(runs: list[Run]) -> str:
     rows = [flat_row(run, r, keys) for run in runs for r in sorted(run.records, key=order)]
     extra = sorted({c for row in rows for c in row if c.startswith(("round_", "memory_"))}
                    - set(METRIC_COLUMNS))
-    shared = [*(f"population_{k}" for k in POPULATION_COLUMNS),
+    shared = [*(f"population_{k}" for k in POPULATION_COLUMNS), "population_members_per_epoch",
               *(f"population_to_{t}_{k}" for t in keys for k in TTA_FIELDS)]
     population = [c for c in shared if any(c in row for row in rows)]
     columns = [*RUN_COLUMNS, *FIELD_ORDER, *METRIC_COLUMNS, *extra,

@@ -3,7 +3,8 @@
 A population's compile time, epoch times and throughput belong to all its members
 together; they are shown here, once per population, never as a member's own. The
 speed-up is the members' own epoch times (steps per epoch x their median step time
-from the timed rounds each ran alone), summed, over the population's steady epoch.
+from the timed rounds each ran alone) for the steady epochs each trained in, summed,
+over those epochs' wall time (bench.population, `_speedup`).
 """
 
 from __future__ import annotations
@@ -52,18 +53,29 @@ def populations(runs: list[Run]) -> list[Population]:
 CAPTION = ("Trials that differ only in seed, learning rate, L1, L2 and dropout rate were trained "
            "together as one population (one compiled program, the members vmapped, the data "
            "set shared). Compile s, epoch s, member-samples/s and % of peak (the population's "
-           "FLOP/s over the calibrated peak of every device it ran on) are the population's, "
-           "shared by its members; each member's own ms/step, in the other tables, comes from timed "
-           "rounds it ran alone. Speed-up: the members' own epoch times (steps per epoch x "
-           "their median step time), summed, over the population's steady epoch time (a "
-           "diverged or failed member, which has no timed rounds, at the others' mean): an "
+           "FLOP/s, counting the members that trained, over the calibrated peak of every device "
+           "it ran on) are the population's, shared by its members; each member's own ms/step, "
+           "in the other tables, comes from timed rounds it ran alone. Members: how many "
+           "started, and how many were left where diverged members were dropped from the "
+           "population (recompiled for fewer rows; until then it computes them, masked). "
+           "Speed-up: over the steady epochs, each member's own epoch time (steps per epoch x "
+           "its median step time) for every epoch it trained in (a diverged member, which has "
+           "no timed rounds, at the others' mean, and only up to the epoch it diverged in, "
+           "where it would have stopped alone), summed, over those epochs' wall time: an "
            "estimate of how much faster training together was than one trial at a time. Time "
            "to accuracy of these trials is on their population's clock.")
 
 
+def _members_cell(shared: dict) -> Cell:
+    """E.g. '27' or '27, 20 from epoch 2' when diverged members were dropped."""
+    text = str(shared["size"]) + "".join(f", {r['members']} from epoch {r['after_epoch'] + 1}"
+                                         for r in shared.get("retired", []))
+    return Cell(text, float(shared["size"]))
+
+
 def _row(p: Population, several_runs: bool) -> list[Cell]:
     shared = p.shared
-    cells = [text_cell(p.label), number_cell(shared["size"], "count"),
+    cells = [text_cell(p.label), _members_cell(shared),
              number_cell(shared.get("devices"), "count"), number_cell(shared.get("compile_s"), "s"),
              number_cell(shared.get("first_epoch_s"), "s"),
              number_cell(shared.get("steady_epoch_s"), "s"),
