@@ -8,7 +8,9 @@ and without extra state; the run-level cases go through bench.population itself.
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import math
 import os
 import subprocess
@@ -20,10 +22,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import groups, registry
+from bench import groups, population, registry
 from bench.data import Dataset
 from bench.groups import Unit, group_id, plan_units, split_evenly
-from bench.population import run_population
+from bench.population import run_population, worth_retiring
+from bench.render.csv import render_csv
+from bench.render.populations import _members_cell, populations_table
+from bench.render.runs import Run
 from bench.schema import AXES, TimingProtocol, make_config
 from bench.steps import (Hyper, Penalty, build_member_program, build_program, injected,
                          population_program)
@@ -274,7 +279,6 @@ def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
         dataset, monkeypatch):
     """Once dropping the diverged rows pays, the population goes on without them: the
     others keep their own values, keys and state, and end as their solo runs."""
-    from bench import population
     monkeypatch.setattr(population, "worth_retiring", lambda *_: True)
     cfgs = [config(optimizer="sgd", learning_rate=lr, seed=s, epochs=3)
             for lr, s in ((1e30, 3), (0.05, 0), (1e30, 1), (0.01, 2))]
@@ -300,13 +304,8 @@ def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
     assert pop["speedup"] == pytest.approx(
         2 * sum(own) / (pop["epoch_s"][1] + pop["epoch_s"][2]), abs=0.01)
     # The reports say how many members were left, and from when.
-    from bench.render.csv import render_csv
-    from bench.render.populations import populations_table
-    from bench.render.runs import Run
     runs = [Run(Path("run"), {"run_id": "r"}, tuple(records), "run")]
     assert populations_table(runs).rows[0][1].text == "4, 2 from epoch 2"
-    import csv
-    import io
     rows = csv.DictReader(io.StringIO(render_csv(runs)))
     assert {row["population_members_per_epoch"] for row in rows} == {"4 2 2"}
 
@@ -320,7 +319,6 @@ def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
     (8, 6, 8.0, 2, 2.0, True),
 ])
 def test_worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s, worth):
-    from bench.population import worth_retiring
     assert worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s) is worth
 
 
@@ -328,7 +326,6 @@ def test_worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s, w
 def test_a_failing_population_is_retried_as_halves_before_anything_fails(dataset, monkeypatch):
     """A population that cannot run as a whole (e.g. out of memory) splits; its members
     are trained in smaller populations or alone, and nothing is recorded twice or lost."""
-    from bench import population
     real_run = population._Population.run
 
     def run_only_small(self):
@@ -494,7 +491,6 @@ def test_auto_trains_conv_alone_on_cpu_and_populations_elsewhere():
 
 
 def test_the_populations_table_says_how_many_members_were_left():
-    from bench.render.populations import _members_cell
     assert _members_cell({"size": 27}) == ("27", 27.0)
     retired = [{"after_epoch": 1, "members": 20}, {"after_epoch": 2, "members": 18}]
     assert _members_cell({"size": 27, "retired": retired}) == (
