@@ -87,7 +87,7 @@ class _Population:
         self.device_list, self.device = device_list, device_list[0]
         self._lay_out(list(range(unit.size)))
         self.shared: dict = {"group": unit.group, "size": unit.size,
-                             "devices": self.mesh.size if self.mesh else 1}
+                             "devices": self._device_count}
 
     def _lay_out(self, members: list[int]) -> None:
         """The program's rows: these members (indices into `self.members`) in order, then
@@ -95,6 +95,10 @@ class _Population:
         self.row_members = members
         self.mesh = devices.population_mesh(self.device_list, len(members))
         self.padded = devices.padded_size(len(members), self.mesh)
+
+    @property
+    def _device_count(self) -> int:
+        return self.mesh.size if self.mesh else 1
 
     def run(self) -> list[Record]:
         start = time.perf_counter()
@@ -219,21 +223,21 @@ class _Population:
             trained.append(int(training.sum()))
             samples.append(trained[-1] * records[0].steps_per_epoch * self.first.batch_size
                            / seconds)
-            for row, member in enumerate(self.row_members):
-                if training[member]:
-                    active[member] = self._after_epoch(
-                        records[member], index, float(losses[row]), float(accs[row]),
-                        float(test_losses[row]), float(test_accs[row]), seconds)
-            rows = [row for row, member in enumerate(self.row_members) if training[member]]
+            rows = [(row, m) for row, m in enumerate(self.row_members) if training[m]]
+            for row, member in rows:
+                active[member] = self._after_epoch(
+                    records[member], index, float(losses[row]), float(accs[row]),
+                    float(test_losses[row]), float(test_accs[row]), seconds)
             self.on_epoch({"epoch": index + 1, "members": trained[-1],
-                           "test_accuracy": float(np.max(test_accs[rows]))})
+                           "test_accuracy": float(max(test_accs[row] for row, _ in rows))})
             if not active.any():
                 break
             live = [m for m in self.row_members if active[m]]
             if len(live) < len(self.row_members) and worth_retiring(
                     self.padded, self._padded_size(len(live)), seconds,
                     self.first.epochs - index - 1, self._last_compile_s):
-                state, hyper, keys, data = self._retire(live, state, hyper, keys, index + 1)
+                state, hyper, keys, data = self._retire(live, state, hyper, keys, data,
+                                                         index + 1)
         self.shared |= {"epoch_s": epoch_s, "first_epoch_s": epoch_s[0],
                         "steady_epoch_s": steady(epoch_s), "members_per_epoch": trained,
                         "member_samples_per_s": round(float(np.median(samples[1:] or samples)), 1)}
@@ -251,21 +255,24 @@ class _Population:
         latest = (self.shared.get("retired") or [self.shared])[-1]
         return latest["compile_s"] + latest["eval_compile_s"]
 
-    def _retire(self, live: list[int], state, hyper, keys, after_epoch: int):
+    def _retire(self, live: list[int], state, hyper, keys, data, after_epoch: int):
         """The population of `live` members only: their rows of the state, values and keys
-        gathered, laid out anew, and the two programs compiled for it. A diverged member's
-        rows are dropped (its record is already complete); the others' values are theirs."""
+        gathered, laid out anew (the data placed again only if the devices changed), and
+        the two programs compiled for it. A diverged member's rows are dropped (its record
+        is already complete); the others' values are theirs."""
         rows = np.asarray([self.row_members.index(m) for m in live])
+        devices_before = self._device_count
         self._lay_out(live)
         rows = np.concatenate([rows, np.repeat(rows[-1], self.padded - len(live))])
         state, hyper, keys = (self._place(jax.tree.map(lambda leaf: leaf[rows], tree))
                               for tree in (state, hyper, keys))
-        data = devices.replicate(place_dataset(self.dataset, self.device), self.mesh)
+        if self._device_count != devices_before:  # else the data is in place already
+            data = devices.replicate(place_dataset(self.dataset, self.device), self.mesh)
         with CacheHits() as cache:
             compile_s, eval_compile_s = self._compile_population(state, hyper, keys, data)
         self.shared.setdefault("retired", []).append(
             {"after_epoch": after_epoch, "members": len(live), "padded": self.padded,
-             "devices": self.mesh.size if self.mesh else 1, "compile_s": round(compile_s, 4),
+             "devices": self._device_count, "compile_s": round(compile_s, 4),
              "eval_compile_s": round(eval_compile_s, 4), "compile_cache_hits": cache.hits})
         return state, hyper, keys, data
 
@@ -317,23 +324,21 @@ class _Population:
         for index, record in enumerate(records):
             clock = [{**h, "epoch_s": h["population_epoch_s"]} for h in record.history]
             tta = time_to_accuracy(clock, self.protocol.targets, shared["compile_s"])
-            for hit in filter(None, tta.values()):  # recompiling after retiring is on the clock
-                hit["with_compile_s"] = round(hit["with_compile_s"] + sum(
-                    r["compile_s"] for r in shared.get("retired", [])
-                    if r["after_epoch"] < hit["epoch"]), 4)
+            tta = with_recompiles(tta, shared.get("retired", []))
             record.population = {**shared, "index": index, "time_to_accuracy": tta}
 
-    def _steady_epochs(self) -> list[int]:
-        """The epochs the steady figures cover: those after the first (else the only one)."""
-        return list(range(1, len(self.shared["epoch_s"]))) or [0]
+    def _steady_epochs(self) -> tuple[list[int], float]:
+        """The epochs the steady figures cover, those after the first (else the only one),
+        and their wall time."""
+        epochs = list(range(1, len(self.shared["epoch_s"]))) or [0]
+        return epochs, sum(self.shared["epoch_s"][e] for e in epochs)
 
     def _throughput(self, records: list[Record]) -> dict:
         """The population's FLOP/s over its steady epochs, counting the members that trained
         in each (not masked or padding rows), and their share of the peak of every device
         it ran on (the calibrated peak is one device's)."""
         flops = records[0].flops_per_step
-        epochs = self._steady_epochs()
-        seconds = sum(self.shared["epoch_s"][e] for e in epochs)
+        epochs, seconds = self._steady_epochs()
         if not (flops and seconds):
             return {}
         member_epochs = sum(self.shared["members_per_epoch"][e] for e in epochs)
@@ -352,8 +357,7 @@ class _Population:
         rounds); the population's cost of carrying it on, masked, shows as a lower figure."""
         own = [r.steps_per_epoch * r.step_ms / 1000 if r.step_ms else None for r in records]
         timed = [t for t in own if t is not None]
-        epochs = self._steady_epochs()
-        seconds = sum(self.shared["epoch_s"][e] for e in epochs)
+        epochs, seconds = self._steady_epochs()
         if not timed or not seconds:
             return None
         mean = sum(timed) / len(timed)
@@ -370,3 +374,14 @@ def worth_retiring(rows_now: int, rows_after: int, epoch_s: float, epochs_left: 
     if epochs_left <= 0 or rows_after >= rows_now:
         return False
     return epoch_s * (1 - rows_after / rows_now) * epochs_left > compile_s
+
+
+def with_recompiles(tta: dict, retired: list[dict]) -> dict:
+    """Time to accuracy on the population's clock, the recompiles after retiring members
+    added to `with_compile_s` of each target first reached after them."""
+    def hit_after(hit: dict | None) -> dict | None:
+        if hit is None:
+            return None
+        extra = sum(r["compile_s"] for r in retired if r["after_epoch"] < hit["epoch"])
+        return {**hit, "with_compile_s": round(hit["with_compile_s"] + extra, 4)}
+    return {target: hit_after(hit) for target, hit in tta.items()}

@@ -25,7 +25,7 @@ import pytest
 from bench import groups, population, registry
 from bench.data import Dataset
 from bench.groups import Unit, group_id, plan_units, split_evenly
-from bench.population import run_population, worth_retiring
+from bench.population import run_population, with_recompiles, worth_retiring
 from bench.render.csv import render_csv
 from bench.render.populations import _members_cell, populations_table
 from bench.render.runs import Run
@@ -308,6 +308,16 @@ def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
     assert populations_table(runs).rows[0][1].text == "4, 2 from epoch 2"
     rows = csv.DictReader(io.StringIO(render_csv(runs)))
     assert {row["population_members_per_epoch"] for row in rows} == {"4 2 2"}
+
+
+def test_recompiles_count_in_time_to_accuracy_from_the_epoch_after_them():
+    tta = {"0.5": {"epoch": 1, "train_s": 1.0, "with_compile_s": 3.0},
+           "0.9": {"epoch": 3, "train_s": 3.0, "with_compile_s": 5.0}, "0.99": None}
+    retired = [{"after_epoch": 1, "compile_s": 0.5}, {"after_epoch": 2, "compile_s": 0.25}]
+    assert with_recompiles(tta, retired) == {
+        "0.5": {"epoch": 1, "train_s": 1.0, "with_compile_s": 3.0},
+        "0.9": {"epoch": 3, "train_s": 3.0, "with_compile_s": 5.75}, "0.99": None}
+    assert with_recompiles(tta, []) == tta
 
 
 @pytest.mark.parametrize("rows_now, rows_after, epoch_s, epochs_left, compile_s, worth", [
