@@ -3,7 +3,8 @@
 models/native/lstm_cpu.cc (the fused LSTM loop), cells_cpu.cc (the GRU's and the simple
 cell's loops) and conv_cpu.cc (the fused convolution block) are each compiled into a library against the XLA FFI headers that
 jaxlib ships and linked against OpenBLAS from scipy-openblas32 (both build requirements),
-for the CPU of the machine that installs it (-march=native). Beside each library the build
+for the CPU of the machine that installs it (-march=native), or for the target that
+BENCH_CPU_TARGET names (e.g. x86-64-v3 for AVX2, x86-64-v4 for AVX-512). Beside each library the build
 writes its build record, e.g. _lstm_cpu.json: the instruction-set features the compiler
 targeted (named as Linux's /proc/cpuinfo names them), the compiler, the flags, the jaxlib
 and OpenBLAS built against and the library's SHA-256. models/native_kernels.py loads a
@@ -111,7 +112,7 @@ class BuildWithHeaders(build_ext):
 
     def finalize_options(self):
         super().finalize_options()
-        # -march=native: a library built earlier may be for another CPU though its sources
+        # -march=native: a library built earlier may be for another CPU (or target) though its sources
         # are unchanged, so it is always rebuilt (and its record rewritten with it).
         self.force = True
 
@@ -182,6 +183,7 @@ class BuildWithHeaders(build_ext):
             "target_features": features,
             "compiler": compiler[0],
             "compiler_version": _run([compiler[0], "--version"]).partition("\n")[0],
+            "cpu_target": CPU_TARGET,
             "flags": ext.extra_compile_args,
             "jaxlib": importlib.metadata.version("jaxlib"),
             "scipy_openblas32": importlib.metadata.version("scipy-openblas32"),
@@ -193,7 +195,10 @@ class BuildWithHeaders(build_ext):
 _X86_ONLY = ["-mprefer-vector-width=512"] if platform.machine() in ("x86_64", "AMD64") else []
 # -fno-trapping-math lets GCC vectorise the elementwise loops' selects; the kernels never read
 # floating-point exception flags, and NaN still propagates (cpu_kernels.h).
-_FLAGS = ["-std=c++17", "-O3", "-march=native", "-fno-math-errno", "-fno-trapping-math",
+# The CPU the kernels are compiled for: this one by default; BENCH_CPU_TARGET=x86-64-v3 builds
+# for any AVX2 machine (and lets an AVX-512 machine test that build), x86-64-v4 for AVX-512.
+CPU_TARGET = os.environ.get("BENCH_CPU_TARGET", "").strip() or "native"
+_FLAGS = ["-std=c++17", "-O3", f"-march={CPU_TARGET}", "-fno-math-errno", "-fno-trapping-math",
           "-fopenmp-simd", *_X86_ONLY]
 
 

@@ -224,9 +224,13 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
     if header["device"]["platform"] == "cpu":
+        target = header.get("cpu_kernel_target")
+        built_for = f" (built for {target})" if target not in (None, "native") else ""
         for label, runs_it, kernel in _CPU_KERNELS:
             if any(runs_it(t) for t in sweep.trials):
-                console.print(f"{label}: fused CPU kernel {kernel.status()}")
+                status = kernel.status()
+                console.print(f"{label}: fused CPU kernel {status}"
+                              + (built_for if status == "on" else ""))
     population = (header.get("resumed") or [header])[-1].get("population")
     console.print(f"populations ({population}): {_units_line(units)}")
     if executor.name != "serial":

@@ -93,8 +93,9 @@ def remember_dataset(spec: DataSpec, dataset) -> None:
 def cpu_kernel_statuses() -> dict[str, str]:
     """Which CPU kernels ran ('on', or why the XLA form ran instead), as run.json names them."""
     from models import fused_cells, fused_conv, fused_lstm  # imports JAX: not at module import
+    from models.native_kernels import build_target
     return {"fused_lstm_cpu": fused_lstm.status(), "fused_cells_cpu": fused_cells.status(),
-            "fused_conv_cpu": fused_conv.status()}
+            "fused_conv_cpu": fused_conv.status(), "cpu_kernel_target": build_target()}
 
 
 def machine_facts(node: str | None = None, *, device=None, calibration: dict | None = None) -> dict:

@@ -81,6 +81,20 @@ def build_record(library: Path) -> dict:
     return record
 
 
+def build_target() -> str | None:
+    """The CPU target the built kernels were compiled for: 'native' (the installing CPU), or
+    what BENCH_CPU_TARGET named at install (setup.py); None where no kernel is built."""
+    targets = set()
+    for stem in ("_lstm_cpu", "_cells_cpu", "_conv_cpu"):
+        library = library_path(stem)
+        try:
+            record = json.loads(library.with_name(record_name(library)).read_text())
+        except (AttributeError, OSError, ValueError):
+            continue  # not built, or no record: its status says so
+        targets.add(str(record.get("cpu_target", "native")))  # records before the option: native
+    return ", ".join(sorted(targets)) or None
+
+
 def cpu_features() -> frozenset[str] | None:
     """The features every core of this CPU has, as /proc/cpuinfo names them; None where unknown.
 

@@ -18,7 +18,7 @@ from bench.schema import TrialConfig
 from bench.sweepfile import preset_names
 from bench.timing import summarize
 from conftest import isolated_env, write_npz
-from models import MODELS, fused_cells, fused_conv, fused_lstm
+from models import MODELS, fused_cells, fused_conv, fused_lstm, native_kernels
 
 TINY = ["--models", "dense", "--units", "4", "--optimizers", "adam", "--batch-size", "32",
         "--repeats", "2", "--round-steps", "2"]
@@ -65,6 +65,7 @@ def test_header_says_where_the_numbers_came_from(run, header):
     assert header["fused_lstm_cpu"] == fused_lstm.status()  # which LSTM loop timed the trials
     assert header["fused_conv_cpu"] == fused_conv.status()  # which convolution form
     assert header["fused_cells_cpu"] == fused_cells.status()
+    assert header["cpu_kernel_target"] == native_kernels.build_target()  # native, or the install's
     assert header["device"]["platform"] == "cpu"
     assert header["device"]["host_cpu"] and header["device"]["usable_cpu_count"] >= 1
     assert header["data"] == {"name": npz.stem, "source": "npz", "location": str(npz),

@@ -24,10 +24,10 @@ from models.recurrence import recur
 from models.recurrent import CELLS
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls, loss_and_grads
 from test_fused_lstm import blas_threads  # noqa: F401 (a fixture the tests below use)
-from test_models import images, normal, tiny
+from rounding import assert_close, recurrent_terms
+from test_models import images, model_terms, normal, tiny
 
 KERNEL_TARGETS = ("bench_cell_forward", "bench_cell_backward")
-CLOSE = dict(rtol=1e-4, atol=1e-5)
 
 
 def kernel_on() -> None:
@@ -61,16 +61,18 @@ def test_fused_model_matches_xla_loop(cell, name):
     assert custom_calls(model, "cpu") == set()
     ref_value, (ref_grads, ref_grad_x) = loss_and_grads(model, x)
 
-    np.testing.assert_allclose(value, ref_value, **CLOSE)
-    np.testing.assert_allclose(grad_x, ref_grad_x, **CLOSE)
-    for got, want in zip(jax.tree.leaves(grads), jax.tree.leaves(ref_grads), strict=True):
-        np.testing.assert_allclose(got, want, **CLOSE)
+    assert_close((value, grad_x, grads), (ref_value, ref_grad_x, ref_grads),
+                 terms=model_terms(model))
 
 
 def loop_args(cell: str, steps: int, batch: int, features: int, units: int, lead=()) -> tuple:
     columns = fused_cells._GATES[cell] * units
     return ((normal(lead + (batch, units), 1),), normal(lead + (steps, batch, features), 3),
             normal(lead + (units + features, columns), 5) * 0.3, normal(lead + (columns,), 4))
+
+
+def loop_terms(cell: str, steps: int, batch: int, features: int, units: int) -> int:
+    return recurrent_terms(steps, batch, features, units, fused_cells._GATES[cell])
 
 
 def loop_loss(loop, carry, xs, kernel, bias):
@@ -97,8 +99,7 @@ def test_loop_gradients_for_a_given_carry_and_odd_sizes(cell, steps, batch, unit
     args = loop_args(cell, steps, batch, 7, units)
     fused, xla = loops(cell)
     got, want = value_and_grads(fused)(*args), value_and_grads(xla)(*args)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(a, b, **CLOSE)
+    assert_close(got, want, terms=loop_terms(cell, steps, batch, 7, units))
 
 
 @pytest.mark.parametrize("cell", ["gru", "simple"])
@@ -111,8 +112,7 @@ def test_one_loop_cut_into_row_slices_gives_what_xla_loop_gives(cell, threads, b
     args = loop_args(cell, 4, 37, 7, 33)
     fused, xla = loops(cell)
     got, want = value_and_grads(fused)(*args), value_and_grads(xla)(*args)
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_allclose(a, b, **CLOSE)
+    assert_close(got, want, terms=loop_terms(cell, 4, 37, 7, 33))
 
 
 @pytest.mark.parametrize("cell", ["gru", "simple"])
@@ -126,8 +126,8 @@ def test_vmapped_kernel_equals_each_member_alone_in_one_call(cell):
     got = jax.jit(jax.vmap(fn))(*args)
     for m in range(3):
         alone = jax.jit(fn)(*jax.tree.map(lambda leaf, m=m: leaf[m], args))
-        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(alone), strict=True):
-            np.testing.assert_allclose(a[m], b, rtol=1e-5, atol=1e-6)
+        assert_close(jax.tree.map(lambda leaf, m=m: leaf[m], got), alone,
+                     terms=loop_terms(cell, 4, 3, 7, 6))
     text = jax.jit(jax.vmap(fn)).lower(*args).as_text()
     for target in KERNEL_TARGETS:
         assert text.count(f"custom_call @{target}(") == 1, target

@@ -488,6 +488,7 @@ def _environment_rows(header: dict) -> dict[str, str]:
     items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
     items["fused GRU/simple-cell kernel (CPU)"] = header.get("fused_cells_cpu")
     items["fused conv kernel (CPU)"] = header.get("fused_conv_cpu")
+    items["CPU kernels built for"] = header.get("cpu_kernel_target")
     items["OpenBLAS threads (CPU kernels)"] = header.get("openblas_threads")
     items["data provenance"] = (header.get("data") or {}).get("provenance")
     return {k: "" if v is None else str(v) for k, v in items.items()}
