@@ -7,11 +7,12 @@ import dataclasses
 import sys
 from pathlib import Path
 
-from bench import data as data_sources
-from bench.compare import METRICS, Thresholds, parse_threshold, run_compare
-from bench.executors import EXECUTOR_NAMES
-from bench.groups import AUTO, parse_population
-from bench.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
+from bench.engine import data as data_sources
+from bench.read.compare import METRICS, Thresholds, parse_threshold
+from bench.read.compare_command import run_compare
+from bench.run.executors import EXECUTOR_NAMES
+from bench.run.groups import AUTO, parse_population
+from bench.contract.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
 
 
 def _csv(axis: Axis):
@@ -211,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def sweep_from_args(args: argparse.Namespace):
     """The trials to run: a sweep file or preset with flag overrides, else a grid of the flags."""
-    from bench.sweepfile import Sweep, check_overrides, expand, load_sweep, preset_path
+    from bench.contract.sweepfile import Sweep, check_overrides, expand, load_sweep, preset_path
     overrides = {a.key: getattr(args, a.key) for a in AXES if getattr(args, a.key) is not None}
     if args.sweep and args.preset:
         raise SpecError("give --sweep or --preset, not both")
@@ -231,7 +232,7 @@ OPTION_DEFAULTS = {"device": "auto", "data": "auto", "dataset": None, "data_dir"
 def options_from_args(args: argparse.Namespace, run: dict):
     """Run settings: a flag, else the sweep file's [run], else the default. A resumed run
     keeps the settings it recorded; asking for others is a SpecError naming each."""
-    from bench.runner import RunOptions
+    from bench.run.runner import RunOptions
     asked = {name: _asked(args, run, name) for name in (*PROTOCOL_DEFAULTS, *OPTION_DEFAULTS)}
     asked = {name: value for name, value in asked.items() if value is not None}
     recorded = _recorded_settings(args.resume or args.out)
@@ -307,7 +308,7 @@ def _refuse_changes(asked: dict, recorded: dict, run_dir: Path) -> None:
 
 def _recorded_settings(run_dir: Path | None) -> dict:
     """The options and timing protocol a run directory was made with ({} for a new run)."""
-    from bench.results import HEADER, read_header
+    from bench.contract.results import HEADER, read_header
     if run_dir is None or not (Path(run_dir) / HEADER).is_file():
         return {}
     header = read_header(run_dir)
@@ -326,7 +327,7 @@ directory). Files: report.md, report.html (self-contained, works offline), resul
 
 
 def _formats(text: str) -> tuple[str, ...]:
-    from bench.render.report import FORMATS
+    from bench.read.render.report import FORMATS
     items = tuple(dict.fromkeys(t.strip() for t in text.split(",") if t.strip()))
     bad = [t for t in items if t not in FORMATS]
     if bad or not items:
@@ -343,8 +344,8 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from bench.render.report import render_run
-    from bench.render.runs import ReportError
+    from bench.read.render.report import render_run
+    from bench.read.render.runs import ReportError
     try:
         paths = render_run(args.run_dirs, args.format, args.out)
     except (ReportError, OSError, ValueError) as exc:
@@ -360,12 +361,12 @@ def _enable_compilation_cache(path: str) -> None:
     except OSError as exc:
         raise SpecError(f"--compilation-cache {path}: cannot use it as a directory "
                         f"({exc.strerror or exc})") from None
-    from bench.work import enable_compilation_cache
+    from bench.run.work import enable_compilation_cache
     enable_compilation_cache(path)
 
 
 def _run(args: argparse.Namespace, argv: list[str]) -> int:
-    from bench.runner import run_sweep
+    from bench.run.runner import run_sweep
     if args.compilation_cache:
         _enable_compilation_cache(args.compilation_cache)
     sweep = sweep_from_args(args)
@@ -375,10 +376,10 @@ def _run(args: argparse.Namespace, argv: list[str]) -> int:
 
 def _user_errors() -> tuple[type[Exception], ...]:
     """The exceptions that mean bad input or environment: shown as one line, exit status 2."""
-    from bench.results import RunDirError
+    from bench.contract.results import RunDirError
     errors = [SpecError, SchemaError, RunDirError, data_sources.DataError]
-    if "bench.devices" in sys.modules:  # imported by `run` only: it loads JAX
-        errors.append(sys.modules["bench.devices"].DeviceError)
+    if "bench.engine.devices" in sys.modules:  # imported by `run` only: it loads JAX
+        errors.append(sys.modules["bench.engine.devices"].DeviceError)
     return tuple(errors)
 
 
@@ -386,7 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         if args.command == "list":
-            from bench.listing import show_list
+            from bench.read.listing import show_list
             return show_list()
         if args.command == "compare":
             return run_compare(args.baseline, args.candidate, thresholds_from_args(args),

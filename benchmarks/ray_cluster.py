@@ -39,7 +39,7 @@ def main() -> int:
     out = args.out.resolve()
     out.mkdir(parents=True, exist_ok=True)
     os.environ.update(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0", RAY_USAGE_STATS_ENABLED="0")
-    from bench.ray_executor import LOOPBACK_HTTP  # Ray's dashboard stays off the network
+    from bench.run.ray_executor import LOOPBACK_HTTP  # Ray's dashboard stays off the network
     os.environ.update(LOOPBACK_HTTP)
     from ray.cluster_utils import Cluster
     head_cpus, node_cpus = (int(n) for n in args.node_cpus.split(","))

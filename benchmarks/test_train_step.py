@@ -11,10 +11,10 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from bench import registry
-from bench.schema import make_config
-from bench.steps import build_program
-from bench.trial import build_model
+from bench.contract import registry
+from bench.contract.schema import make_config
+from bench.engine.steps import build_program
+from bench.engine.trial import build_model
 from models import MODELS
 
 BATCH = 128

@@ -3,7 +3,7 @@
 Every family has one constructor shape, `(units, activation, num_classes, rngs,
 **options)`, takes images of shape (batch, 28, 28) and returns logits of shape
 (batch, num_classes). Which options a family takes is said by the sweep axes
-table (bench/schema.py, an axis's `families`).
+table (bench/contract/schema.py, an axis's `families`).
 
 This module is the catalogue only and imports no JAX: `bench list`, `--help` and
 sweep validation read it. A family's class is imported when a model is built.

@@ -26,6 +26,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import native_kernels
+from models.cells import CELLS
+from models.recurrence import recur
 from models.native_kernels import ACTIVATION_IDS
 
 DISABLE_VARIABLE = "BENCH_FUSED_CELLS"
@@ -67,9 +69,6 @@ def _value_and_grads(loop: Callable, args: tuple):
 
 def _both_loops() -> list:
     """(kernel's, XLA loop's) loss and gradients for each cell, on the CPU."""
-    from models.recurrence import recur  # models.recurrent imports this module
-    from models.recurrent import CELLS
-
     def pairs(all_args):
         return [(_value_and_grads(functools.partial(_fused, cell, jnp.tanh), args),
                  _value_and_grads(functools.partial(

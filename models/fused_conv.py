@@ -17,7 +17,7 @@ form running, says why in `status()` and warns once. Tests compare it with nnx.C
 every activation, gradients included.
 
 Under jax.vmap XLA calls the kernel once per member (vmap_method="sequential"): on CPU
-`--population auto` trains conv trials alone anyway (bench/runner.py, ALONE_BY_DEFAULT).
+`--population auto` trains conv trials alone anyway (bench/run/runner.py, ALONE_BY_DEFAULT).
 """
 
 from __future__ import annotations

@@ -40,6 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from models import native_kernels
+from models.cells import lstm_update
+from models.recurrence import recur
 
 DISABLE_VARIABLE = "BENCH_FUSED_LSTM"
 _STEM = "_lstm_cpu"  # models/native/_lstm_cpu*.so, built from lstm_cpu.cc by setup.py
@@ -83,9 +85,6 @@ def _value_and_grads(loop: Callable, args: tuple):
 
 def _both_loops(args: tuple) -> tuple:
     """The kernel's and XLA's loop's loss and gradients, computed on the CPU."""
-    from models.recurrence import recur  # models.recurrent imports this module
-    from models.recurrent import lstm_update
-
     fused = functools.partial(_fused, jnp.tanh)
     xla = functools.partial(recur, functools.partial(lstm_update, jnp.tanh), 1)
     both = jax.jit(lambda args: (_value_and_grads(fused, args), _value_and_grads(xla, args)))

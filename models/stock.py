@@ -9,7 +9,7 @@ rows by `nnx.RNN` (Flax's own scan, differentiated by JAX) instead of bench's re
 and CPU kernel, `nnx.Dropout` instead of bench's dropout function.
 
 One limit of the stock form: `nnx.Dropout`'s rate is a Python number fixed in the
-module, so members of a population cannot have their own rates (bench/groups.py groups
+module, so members of a population cannot have their own rates (bench/run/groups.py groups
 `flax` trials by dropout rate; the `dropout_rate` argument is accepted and not used).
 """
 

@@ -19,7 +19,7 @@ import pytest
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-# What bench.calibrate.measure_peak returns, for tests that need a calibration but not its cost.
+# What bench.engine.calibrate.measure_peak returns, for tests that need a calibration but not its cost.
 FAKE_PEAK = {"peak_flops": 1.0e11, "matrix_size": 2048, "seconds": 0.17,
              "measured": "2025-01-01T00:00:00+0000"}
 
@@ -66,7 +66,7 @@ def fake_peak(monkeypatch) -> list:
         calls.append(device)
         return dict(FAKE_PEAK)
 
-    monkeypatch.setattr("bench.calibrate.measure_peak", measure)
+    monkeypatch.setattr("bench.engine.calibrate.measure_peak", measure)
     return calls
 
 

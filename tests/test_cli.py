@@ -12,11 +12,11 @@ import json
 
 import pytest
 
-from bench import registry, results
+from bench.contract import registry, results
 from bench.cli import main
-from bench.schema import TrialConfig
-from bench.sweepfile import preset_names
-from bench.timing import summarize
+from bench.contract.schema import TrialConfig
+from bench.contract.sweepfile import preset_names
+from bench.engine.timing import summarize
 from conftest import isolated_env, write_npz
 from models import MODELS, fused_cells, fused_conv, fused_lstm, native_kernels
 
@@ -164,7 +164,7 @@ def troubled(tmp_path_factory):
     npz = write_npz(root / "tiny.npz")
     out = root / "out"
     with isolated_env(root) as mp:
-        mp.setattr("bench.calibrate.measure_peak", lambda device, **_: {
+        mp.setattr("bench.engine.calibrate.measure_peak", lambda device, **_: {
             "peak_flops": 1e11, "matrix_size": 2048, "seconds": 0.17, "measured": "t"})
         status = main(["run", "--models", "dense", "--units", "4", "--activations", "relu",
                        "--optimizers", "sgd", "--learning-rate", "1e30", "--epochs", "1",
@@ -205,8 +205,8 @@ def test_a_new_data_set_in_the_same_process_gets_its_own_arrays(monkeypatch):
     import jax
     import numpy as np
 
-    from bench import trial
-    from bench.data import Dataset
+    from bench.engine import trial
+    from bench.engine.data import Dataset
 
     monkeypatch.setattr(trial, "id", lambda obj: 42, raising=False)
     device = jax.devices()[0]

@@ -14,10 +14,10 @@ import numpy as np
 import pytest
 
 from bench.cli import main
-from bench.compare import (CompareError, Thresholds, compare_records, compare_runs, load_run,
+from bench.read.compare import (CompareError, Thresholds, compare_records, compare_runs, load_run,
                            parse_threshold, timing_verdict)
-from bench.render.comparison import TITLES, render_markdown
-from bench.schema import Record, TrialConfig
+from bench.read.compare_tables import TITLES, render_markdown
+from bench.contract.schema import Record, TrialConfig
 
 STEPS = 20  # round_steps of every synthetic record
 
@@ -288,6 +288,6 @@ def test_a_run_from_several_machines_is_flagged_by_compare_and_the_report(tmp_pa
     assert flag.startswith("the candidate's trials came from 2 nodes on 2 machines")
     assert "box-a (node a1b2c3), Xeon: 2 trials" in flag and "box-b (node f6e5d4), EPYC: 1 trial" in flag
     assert not any("baseline" in w for w in warnings)  # one machine: nothing to say
-    from bench.render.report import render_run
+    from bench.read.render.report import render_run
     [report] = render_run([tmp_path / "cand"], ("md",), tmp_path / "report")
     assert "- **Machines**: 2 nodes on 2 machines: box-a (node a1b2c3)" in report.read_text()

@@ -17,13 +17,15 @@ import threading
 import urllib.parse
 
 import numpy as np
+
+import bench
 import pytest
 import tensorflow_datasets as tfds
 from PIL import Image
 from tensorflow_datasets.testing import mocking
 
-from bench import data
-from bench.data import IDX_FILES, TFDS_DATASETS, DataError, load_dataset
+from bench.engine import data
+from bench.engine.data import IDX_FILES, TFDS_DATASETS, DataError, load_dataset
 
 N_TRAIN, N_TEST = 20, 10
 PROXY_VARIABLES = ("http_proxy", "https_proxy", "HTTP_PROXY", "HTTPS_PROXY", "no_proxy", "NO_PROXY",
@@ -202,7 +204,7 @@ def test_npz_that_is_not_a_zip(tmp_path):
 
 def test_embedded_sample():
     ds = load_dataset("embedded")
-    path = os.path.join(os.path.dirname(data.__file__), "embedded", data.EMBEDDED_FILE)
+    path = os.path.join(os.path.dirname(bench.__file__), "embedded", data.EMBEDDED_FILE)
     assert os.path.getsize(path) <= 2_000_000
     assert 8_000 <= len(ds.x_train) <= 20_000
     assert 4 <= len(ds.x_train) / len(ds.x_test) <= 6

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import registry
+from bench.contract import registry
 from bench.cli import main
-from bench.schema import SCHEMA_VERSION
-from bench.sweepfile import preset_names
+from bench.contract.schema import SCHEMA_VERSION
+from bench.contract.sweepfile import preset_names
 from conftest import write_npz
 from models import MODELS
 
@@ -36,9 +36,9 @@ def nothing_may_run(monkeypatch):
         pytest.fail("reached a compile, a trial or the calibration: input was not checked first")
 
     for target in ("jax._src.compiler.compile_or_get_cached",  # every XLA compilation
-                   "bench.executors.run_job", "bench.population.run_unit",
-                   "bench.runner.calibration", "bench.calibrate.measure_peak",
-                   "bench.ray_executor._import_ray"):  # no case may start Ray
+                   "bench.run.executors.run_job", "bench.engine.population.run_unit",
+                   "bench.run.runner.calibration", "bench.engine.calibrate.measure_peak",
+                   "bench.run.ray_executor._import_ray"):  # no case may start Ray
         monkeypatch.setattr(target, forbidden)
 
 

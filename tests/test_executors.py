@@ -20,16 +20,16 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench import work
+from bench.run import work
 from bench.cli import main
-from bench.data import load_embedded
-from bench.executors import (EXECUTOR_NAMES, RAY_INSTALL, SerialExecutor, check_executor,
+from bench.engine.data import load_embedded
+from bench.run.executors import (EXECUTOR_NAMES, RAY_INSTALL, SerialExecutor, check_executor,
                              make_executor)
-from bench.groups import Unit, group_id
-from bench.ray_executor import Slot, cluster_platform, plan_slots
-from bench.runner import NodeLedger
-from bench.schema import Record, SpecError, TimingProtocol, make_config
-from bench.work import DataSpec, Job, failed_records, run_job
+from bench.run.groups import Unit, group_id
+from bench.run.ray_executor import Slot, cluster_platform, plan_slots
+from bench.run.runner import NodeLedger
+from bench.contract.schema import Record, SpecError, TimingProtocol, make_config
+from bench.run.work import DataSpec, Job, failed_records, run_job
 from conftest import FAKE_PEAK, isolated_env, write_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -177,7 +177,7 @@ def test_data_spec_of_the_embedded_sample():
 
 
 def test_data_spec_of_an_npz_is_its_absolute_path(tmp_path, monkeypatch):
-    from bench.data import load_dataset
+    from bench.engine.data import load_dataset
     write_npz(tmp_path / "digits.npz")
     monkeypatch.chdir(tmp_path)
     spec = DataSpec.of(load_dataset("digits.npz", "digits"))  # a relative --data
@@ -198,7 +198,7 @@ def test_data_spec_of_tfds_data_names_its_directory():
 
 @pytest.fixture
 def fresh_worker(monkeypatch):
-    """Empty per-process caches of bench.work (workers and data sets), restored afterwards."""
+    """Empty per-process caches of bench.run.work (workers and data sets), restored afterwards."""
     monkeypatch.setattr(work, "_WORKERS", {})
     monkeypatch.setattr(work, "_DATASETS", {})
 
@@ -214,12 +214,12 @@ def cpu_job(npz: Path, **changes) -> Job:
 def test_run_job_records_the_machine_that_ran_it(tmp_path, fresh_worker, monkeypatch):
     import jax
 
-    from bench.results import package_versions
+    from bench.contract.results import package_versions
 
     def no_calibration(*args, **kwargs):
         pytest.fail("measured a calibration although one was adopted")
 
-    monkeypatch.setattr("bench.calibrate.measure_peak", no_calibration)
+    monkeypatch.setattr("bench.engine.calibrate.measure_peak", no_calibration)
     with isolated_env(tmp_path):
         npz = write_npz(tmp_path / "tiny.npz")
         job = cpu_job(npz, node="n1")
@@ -250,7 +250,7 @@ def test_a_worker_with_other_data_refuses_the_job(tmp_path, fresh_worker, monkey
     def no_trial(*args, **kwargs):
         pytest.fail("trained on data the driver does not have")
 
-    monkeypatch.setattr("bench.population.run_unit", no_trial)
+    monkeypatch.setattr("bench.engine.population.run_unit", no_trial)
     npz = write_npz(tmp_path / "tiny.npz", n_train=256)
     driver = {"name": "tiny", "source": "npz", "location": str(npz), "train_examples": 512,
               "test_examples": 64}
@@ -276,7 +276,7 @@ def test_an_unknown_executor_lists_the_valid_ones():
 
 
 def test_the_serial_executor_needs_no_ray(monkeypatch):
-    monkeypatch.setattr("bench.executors.importlib.util.find_spec", without_ray(monkeypatch))
+    monkeypatch.setattr("bench.run.executors.importlib.util.find_spec", without_ray(monkeypatch))
     check_executor("serial")
     with make_executor("serial") as executor:
         assert isinstance(executor, SerialExecutor)
@@ -293,7 +293,7 @@ def without_ray(monkeypatch):
     def no_ray(*args, **kwargs):
         pytest.fail("went on to import Ray")
 
-    monkeypatch.setattr("bench.ray_executor._import_ray", no_ray)
+    monkeypatch.setattr("bench.run.ray_executor._import_ray", no_ray)
     return find_spec
 
 
@@ -302,8 +302,8 @@ def test_ray_missing_is_refused_before_anything_is_read(tmp_path, monkeypatch, c
         pytest.fail("loaded a data set although the executor cannot run")
 
     with isolated_env(tmp_path) as mp:
-        mp.setattr("bench.executors.importlib.util.find_spec", without_ray(mp))
-        mp.setattr("bench.data.load_dataset", no_data)
+        mp.setattr("bench.run.executors.importlib.util.find_spec", without_ray(mp))
+        mp.setattr("bench.engine.data.load_dataset", no_data)
         npz = write_npz(tmp_path / "tiny.npz")
         with pytest.raises(SpecError, match=r"bench\[ray\]"):
             check_executor("ray")
@@ -364,7 +364,7 @@ def test_the_node_ledger_keeps_a_resumed_runs_nodes_and_the_unit_times():
 # ---------------------------------------------------------------- dispatch, with Ray faked
 # RayExecutor's own logic (start the workers, hand out units, turn a failure into `failed`
 # records) driven by a stand-in for the few calls of Ray it makes; each "actor" is a
-# bench.ray_executor.UnitWorker in this process, so its jobs run through bench.work as on
+# bench.run.ray_executor.UnitWorker in this process, so its jobs run through bench.run.work as on
 # a node, with the trials themselves replaced by instant records.
 
 
@@ -396,7 +396,7 @@ class FakeRef:
 
 class FakeActor:
     def __init__(self, slot, dies_on: str | None = None):
-        from bench.ray_executor import UnitWorker
+        from bench.run.ray_executor import UnitWorker
         worker, self.slot = UnitWorker(), slot
 
         def run(job):
@@ -452,8 +452,8 @@ class Events:
 def fake_ray(isolated, tmp_path, fresh_worker, fake_peak, monkeypatch):
     """A RayExecutor on a fake two-node cluster, its trials instant; yields (executor,
     template job, the fake peak's calls, the actors made)."""
-    from bench.data import load_dataset
-    from bench.ray_executor import RayExecutor
+    from bench.engine.data import load_dataset
+    from bench.run.ray_executor import RayExecutor
 
     def instant(unit, dataset, device_list, protocol, *, peak_flops=None, on_epoch=None):
         if unit.group == "raises":
@@ -462,7 +462,7 @@ def fake_ray(isolated, tmp_path, fresh_worker, fake_peak, monkeypatch):
                        population={"group": unit.group, "size": unit.size, "index": i})
                 for i, c in enumerate(unit.members)]
 
-    monkeypatch.setattr("bench.population.run_unit", instant)
+    monkeypatch.setattr("bench.engine.population.run_unit", instant)
     monkeypatch.setitem(sys.modules, "ray", FakeRay)  # `from ray import exceptions`
     npz = write_npz(tmp_path / "tiny.npz")
     dataset = load_dataset(str(npz), "tiny")
@@ -531,7 +531,7 @@ def test_units_go_to_the_workers_and_failures_become_records(fake_ray):
 
 
 def test_no_node_to_run_on_is_an_error_naming_the_resources(fake_ray):
-    from bench.ray_executor import RayExecutorError
+    from bench.run.ray_executor import RayExecutorError
     executor, template, _, actors = fake_ray
     executor._ray = FakeRay([node(A, cpu=0), node(B, cpu=4, alive=False)])
     with pytest.raises(RayExecutorError, match="no node with a cpu resource"):
@@ -545,8 +545,8 @@ def test_no_node_to_run_on_is_an_error_naming_the_resources(fake_ray):
 @pytest.mark.slow
 def test_the_executors_import_no_ray():
     """Ray is imported only when a Ray executor starts, so that a serial run never pays for it."""
-    probe = ("import sys, bench.cli, bench.executors, bench.ray_executor, bench.work\n"
-             "bench.executors.check_executor('serial')\n"
+    probe = ("import sys, bench.cli, bench.run.executors, bench.run.ray_executor, bench.run.work\n"
+             "bench.run.executors.check_executor('serial')\n"
              "print(sorted(m for m in sys.modules if m.split('.')[0] == 'ray'))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd=REPO,
                          check=True).stdout

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench.registry import ACTIVATIONS
+from bench.contract.registry import ACTIVATIONS
 from models import fused_cells
 from models.recurrence import recur
 from models.recurrent import CELLS

@@ -19,9 +19,10 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench import registry, trial
-from bench.registry import ACTIVATIONS
-from bench.schema import TimingProtocol, make_config
+from bench.contract import registry
+from bench.engine import trial
+from bench.contract.registry import ACTIVATIONS
+from bench.contract.schema import TimingProtocol, make_config
 from models import fused_conv, native_kernels
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls
 from rounding import assert_close, conv_block_terms

@@ -28,8 +28,8 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench import registry
-from bench.registry import ACTIVATIONS
+from bench.contract import registry
+from bench.contract.registry import ACTIVATIONS
 from models import fused_lstm, native_kernels
 from models.recurrence import recur
 from models.recurrent import Recurrent, lstm_update

@@ -9,8 +9,8 @@ import os
 import numpy as np
 import pytest
 
-from bench import costs
-from bench.costs import TrialMemory
+from bench.engine import costs
+from bench.engine.costs import TrialMemory
 
 MB = 1 << 20
 CAN_RESET = os.access("/proc/self/clear_refs", os.W_OK)

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.schema import model_options
+from bench.contract.schema import model_options
 from conftest import quick_first
 from rounding import assert_close, conv_block_terms, dense_terms, recurrent_terms
 from models import CELLS, MODELS

@@ -3,7 +3,7 @@
 A member of a population must end where the same trial trained alone ends (to float
 tolerance): same parameters, same per-epoch losses and accuracies, same key. The
 program-level cases are expanded over the model families and over optimizers with
-and without extra state; the run-level cases go through bench.population itself.
+and without extra state; the run-level cases go through bench.engine.population itself.
 """
 
 from __future__ import annotations
@@ -22,17 +22,19 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import groups, population, registry
-from bench.data import Dataset
-from bench.groups import Unit, group_id, plan_units, split_evenly
-from bench.population import run_population, with_recompiles, worth_retiring
-from bench.render.csv import render_csv
-from bench.render.populations import _members_cell, populations_table
-from bench.render.runs import Run
-from bench.schema import AXES, TimingProtocol, make_config
-from bench.steps import (Hyper, Penalty, build_member_program, build_program, injected,
+from bench.run import groups
+from bench.engine import population
+from bench.contract import registry
+from bench.engine.data import Dataset
+from bench.run.groups import Unit, group_id, plan_units, split_evenly
+from bench.engine.population import run_population, with_recompiles, worth_retiring
+from bench.read.render.csv import render_csv
+from bench.read.render.populations import _members_cell, populations_table
+from bench.read.render.runs import Run
+from bench.contract.schema import AXES, TimingProtocol, make_config
+from bench.engine.steps import (Hyper, Penalty, build_member_program, build_program, injected,
                          population_program)
-from bench.trial import build_model, run_trial
+from bench.engine.trial import build_model, run_trial
 from models import MODELS
 from conftest import quick_first
 from test_training import X_TRAIN, Y_TRAIN, synthetic
@@ -128,7 +130,7 @@ def test_bad_population_settings_name_the_valid_ones(text):
 
 
 def solo_params(cfg, epochs: int, x=X_TRAIN, y=Y_TRAIN):
-    """The trial trained alone, as bench.trial trains it (values baked into the program)."""
+    """The trial trained alone, as bench.engine.trial trains it (values baked into the program)."""
     model = build_model(cfg)
     program = build_program(model, registry.optimizer(cfg.optimizer, cfg.learning_rate), cfg.batch_size,
                             penalty=Penalty(cfg.l1, cfg.l2), uses_dropout=cfg.dropout > 0)
@@ -359,11 +361,11 @@ SCRIPT_PRELUDE = """
 import json, sys
 sys.path.insert(0, 'tests')
 import jax, numpy as np
-from bench import population
-from bench.population import run_population
-from bench.schema import TimingProtocol
+from bench.engine import population
+from bench.engine.population import run_population
+from bench.contract.schema import TimingProtocol
 from test_population import PROTOCOL, config, unit_of
-from bench.data import Dataset
+from bench.engine.data import Dataset
 from conftest import quick_first
 from test_training import X_TRAIN, Y_TRAIN, synthetic
 x_test, y_test = synthetic(64, seed=1)
@@ -406,7 +408,7 @@ def test_two_devices_give_the_records_of_one(tmp_path):
 
 
 RETIRING_ON_TWO_DEVICES = """
-from bench.trial import run_trial
+from bench.engine.trial import run_trial
 population.worth_retiring = lambda *_: True
 out = {}
 for name, rates in (("two left", (1e-2, 1e30, 3e-3, 1e30)), ("one left", (1e-2, 1e30, 1e30))):
@@ -440,7 +442,7 @@ def test_retiring_on_two_devices_shrinks_the_mesh_and_changes_no_result():
 @pytest.mark.slow
 def test_a_population_too_large_for_free_memory_is_split(dataset, monkeypatch):
     """auto sizing: a population whose compiled program would not fit is split until it does."""
-    from bench import costs
+    from bench.engine import costs
     seen = []
 
     def free(device):  # a little less than four members need (the data set is shared)
@@ -464,7 +466,7 @@ def test_a_population_too_large_for_free_memory_is_split(dataset, monkeypatch):
 
 
 def test_check_fits_compares_the_program_with_free_memory(monkeypatch):
-    from bench import costs
+    from bench.engine import costs
     monkeypatch.setattr(costs, "free_bytes", lambda device: 1000)
     memory = {"argument_size_in_bytes": 500, "output_size_in_bytes": 200,
               "temp_size_in_bytes": 200, "alias_size_in_bytes": 100}
@@ -480,7 +482,7 @@ def test_check_fits_compares_the_program_with_free_memory(monkeypatch):
     ({"bytes_in_use": 300}, "host"),
 ])
 def test_free_bytes_of_a_device(stats, expected):
-    from bench import costs
+    from bench.engine import costs
 
     class Device:
         def memory_stats(self):
@@ -491,7 +493,7 @@ def test_free_bytes_of_a_device(stats, expected):
 
 def test_auto_trains_conv_alone_on_cpu_and_populations_elsewhere():
     """The measured choice (docs/measurements.md): conv populations were slower on CPU."""
-    from bench.runner import auto_cap
+    from bench.run.runner import auto_cap
     conv, dense = lr_sweep(3, model="conv", units=2), lr_sweep(3)
     units = plan_units(conv + dense, "auto", lambda c: auto_cap("cpu", c.model))
     assert [u.size for u in units] == [1, 1, 1, 3]

@@ -24,7 +24,7 @@ from conftest import write_npz
 pytestmark = [pytest.mark.ray, pytest.mark.slow]
 
 # A private Ray's HTTP goes nowhere but loopback: Ray's dashboard otherwise asks cloud
-# metadata services (169.254.169.254) which cloud it is on (bench.ray_executor._loopback_only
+# metadata services (169.254.169.254) which cloud it is on (bench.run.ray_executor._loopback_only
 # does the same for the private Ray it starts).
 LOOPBACK_HTTP = {"http_proxy": "http://127.0.0.1:9", "HTTP_PROXY": "http://127.0.0.1:9",
                  "no_proxy": "127.0.0.1,localhost", "NO_PROXY": "127.0.0.1,localhost"}

@@ -20,13 +20,13 @@ from pathlib import Path
 import pytest
 
 import report_data
-from bench import results
+from bench.contract import results
 from bench.cli import main
-from bench.render.aggregate import Group, pareto_front, stat
-from bench.render.cells import stat_cell
-from bench.render.report import render_run
-from bench.runner import _finish
-from bench.schema import Record
+from bench.read.render.aggregate import Group, pareto_front, stat
+from bench.read.render.cells import stat_cell
+from bench.read.render.report import render_run
+from bench.run.runner import _finish
+from bench.contract.schema import Record
 
 GOLDEN = Path(__file__).parent / "golden"
 GOLDEN_RUN = GOLDEN / "run"

@@ -1,6 +1,6 @@
 """Interrupting and resuming a run: nothing finished is lost or run twice.
 
-The trials themselves are replaced by a recorder (bench.population.run_trial, which
+The trials themselves are replaced by a recorder (bench.engine.population.run_trial, which
 runs every unit of one trial), so
 these tests check the run directory bookkeeping without compiling anything; a
 real trial is exercised in test_cli.py.
@@ -12,10 +12,10 @@ import json
 
 import pytest
 
-from bench import results
+from bench.contract import results
 from bench.cli import main
-from bench.render.report import render_run
-from bench.schema import Record, TrialConfig
+from bench.read.render.report import render_run
+from bench.contract.schema import Record, TrialConfig
 from conftest import write_npz
 
 SWEEP = ["--models", "dense", "--units", "4", "--activations", "relu,tanh,sigmoid",
@@ -52,11 +52,11 @@ def bench_run(isolated, fake_peak, monkeypatch, tmp_path):
     The run's report is rendered as Markdown and CSV only: the HTML's plots would cost
     most of each run's time here, and test_report.py checks them."""
     npz = write_npz(tmp_path / "tiny.npz")
-    monkeypatch.setattr("bench.runner.render_run", lambda run_dirs: render_run(run_dirs, ("md", "csv")))
+    monkeypatch.setattr("bench.run.runner.render_run", lambda run_dirs: render_run(run_dirs, ("md", "csv")))
 
     def run(*flags, interrupt_on=None, data=str(npz), out="out", fail=()):
         recorder = Recorder(interrupt_on, fail)
-        monkeypatch.setattr("bench.population.run_trial", recorder)
+        monkeypatch.setattr("bench.engine.population.run_trial", recorder)
         argv = ["run", *flags] + (["--data", data] if data else []) + (["--out", out] if out else [])
         return main(argv), recorder
     return run
@@ -239,7 +239,7 @@ def test_retry_failed_runs_the_failed_trials_only(bench_run, tmp_path):
     (tanh,) = [c.key for c in first.configs if c.activation == "tanh"]
     status, retry = bench_run("--resume", str(out), "--retry-failed", data=None, out=None)
     assert status == 0 and retry.keys == [tanh]
-    from bench.render.runs import read_records
+    from bench.read.render.runs import read_records
     records = {r.key: r for r in read_records(out)}
     assert records[tanh].status == "ok"  # the new record counts; the failed one stays in the file
     assert len(results.read_results(out)) == 4 and len(records) == 3
@@ -254,7 +254,7 @@ def test_a_second_run_into_a_held_directory_is_refused_naming_the_holder(bench_r
     import sys
     out = tmp_path / "out"
     holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys; from pathlib import Path; from bench import results\n"
+        [sys.executable, "-c", "import sys; from pathlib import Path; from bench.contract import results\n"
          "with results.lock_run_dir(Path(sys.argv[1])):\n    print('held', flush=True)\n"
          "    sys.stdin.readline()", str(out)],
         stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from bench import results
-from bench.results import RunDirBusy, RunDirError, lock_run_dir, new_run_dir
+from bench.contract import results
+from bench.contract.results import RunDirBusy, RunDirError, lock_run_dir, new_run_dir
 
 NOW = dt.datetime(2026, 12, 1, 10, 0, 0)
 REPO = Path(__file__).resolve().parents[1]
@@ -27,7 +27,7 @@ REPO = Path(__file__).resolve().parents[1]
 # A process that holds the lock of argv[1] until its stdin closes or gets a line.
 HOLDER = """
 import sys
-from bench.results import lock_run_dir
+from bench.contract.results import lock_run_dir
 with lock_run_dir(sys.argv[1]):
     print("locked", flush=True)
     sys.stdin.readline()
@@ -156,7 +156,7 @@ def test_new_run_dirs_from_threads_differ(tmp_path):
 
 @pytest.mark.slow
 def test_new_run_dirs_from_processes_differ(tmp_path):
-    script = ("import sys, datetime as dt\nfrom bench.results import new_run_dir\n"
+    script = ("import sys, datetime as dt\nfrom bench.contract.results import new_run_dir\n"
               "now = dt.datetime(2026, 12, 1, 10, 0, 0)\n"
               "for _ in range(25): print(new_run_dir(sys.argv[1], now))\n")
     procs = [subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE,
@@ -298,12 +298,12 @@ def cpu():
 
 
 def cache_path() -> Path:
-    from bench.calibrate import cache_file
+    from bench.engine.calibrate import cache_file
     return cache_file()
 
 
 def test_a_good_cache_is_used_without_a_warning(isolated, fake_peak, cpu):
-    from bench.calibrate import calibration
+    from bench.engine.calibrate import calibration
     first, second = calibration(cpu), calibration(cpu)
     assert len(fake_peak) == 1 and second["cached"] and "warning" not in first | second
 
@@ -314,7 +314,7 @@ def test_a_good_cache_is_used_without_a_warning(isolated, fake_peak, cpu):
     (None, "lacks a numeric peak_flops"),  # an entry for this machine without a figure
 ])
 def test_a_corrupt_cache_is_measured_again_and_rewritten(isolated, fake_peak, cpu, content, problem):
-    from bench.calibrate import calibration, machine_key
+    from bench.engine.calibrate import calibration, machine_key
     path = cache_path()
     path.parent.mkdir(parents=True)
     if content is None:
@@ -336,13 +336,13 @@ def test_a_corrupt_cache_is_measured_again_and_rewritten(isolated, fake_peak, cp
 def test_an_unwritable_cache_is_a_warning(isolated, fake_peak, cpu, tmp_path):
     (tmp_path / "not-a-dir").write_text("x")
     isolated.setenv("XDG_CACHE_HOME", str(tmp_path / "not-a-dir"))
-    from bench.calibrate import calibration
+    from bench.engine.calibrate import calibration
     result = calibration(cpu)
     assert "could not be written" in result["warning"] and result["peak_flops"] > 0
 
 
 def test_concurrent_cache_writers_keep_every_entry(isolated):
-    from bench.calibrate import _store
+    from bench.engine.calibrate import _store
     path = cache_path()
     entry = {"peak_flops": 1.0, "matrix_size": 8}
     with ThreadPoolExecutor(6) as pool:
@@ -352,7 +352,7 @@ def test_concurrent_cache_writers_keep_every_entry(isolated):
 
 
 def test_cache_leaves_no_temporary_file(isolated, fake_peak, cpu):
-    from bench.calibrate import calibration
+    from bench.engine.calibrate import calibration
     calibration(cpu, use_cache=False)
     assert sorted(p.name for p in cache_path().parent.iterdir()) == ["calibration.json",
                                                                      "calibration.json.lock"]

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import pytest
 
-from bench import registry
-from bench.schema import (AXES, AXIS_BY_KEY, SCHEMA_VERSION, Record, SchemaError, SpecError,
+from bench.contract import registry
+from bench.contract.schema import (AXES, AXIS_BY_KEY, SCHEMA_VERSION, Record, SchemaError, SpecError,
                           TrialConfig, axis, make_config, model_options)
-from bench.sweepfile import expand
+from bench.contract.sweepfile import expand
 from models import CELLS, MODELS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -312,7 +312,7 @@ def test_derived_figures_of_a_record():
 
 READING_SIDE = [
     "import bench.cli; bench.cli.build_parser().format_help()",
-    "import bench.compare, bench.render.report, bench.listing, bench.schema, bench.sweepfile",
+    "import bench.read.compare, bench.read.render.report, bench.read.listing, bench.contract.schema, bench.contract.sweepfile",
 ]
 
 

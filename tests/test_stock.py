@@ -16,9 +16,9 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench import registry
-from bench.groups import group_id, plan_units
-from bench.schema import make_config
+from bench.contract import registry
+from bench.run.groups import group_id, plan_units
+from bench.contract.schema import make_config
 from models import CELLS, IMPLS, MODELS
 from rounding import assert_close
 from test_models import model_terms
@@ -164,8 +164,8 @@ def test_stock_trials_share_a_population_only_at_one_dropout_rate():
 
 
 def test_the_report_puts_both_forms_of_a_configuration_side_by_side(tmp_path):
-    from bench.render.report import render_run
-    from bench.schema import Record
+    from bench.read.render.report import render_run
+    from bench.contract.schema import Record
     from test_compare import write_run
     records = []
     for impl, step in (("tuned", 0.002), ("flax", 0.005)):

@@ -8,9 +8,9 @@ import textwrap
 
 import pytest
 
-from bench import registry
-from bench.schema import SpecError
-from bench.sweepfile import (DISTRIBUTIONS, RUN_KEYS, TOP_KEYS, expand, expected_runtime,
+from bench.contract import registry
+from bench.contract.schema import SpecError
+from bench.contract.sweepfile import (DISTRIBUTIONS, RUN_KEYS, TOP_KEYS, expand, expected_runtime,
                              load_sweep, preset_names, preset_path)
 from models import MODELS
 

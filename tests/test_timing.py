@@ -17,8 +17,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bench import calibrate, costs, hostload
-from bench.timing import compile_ahead, summarize, time_rounds, time_to_accuracy, timed_call
+from bench.engine import calibrate, costs, hostload
+from bench.engine.timing import compile_ahead, summarize, time_rounds, time_to_accuracy, timed_call
 
 
 def fake_clock(*times: float):

@@ -1,6 +1,6 @@
 """Training and evaluation: one real jitted epoch per activation and per optimizer.
 
-The cases are expanded over `bench.registry.ACTIVATIONS`, `OPTIMIZERS` and
+The cases are expanded over `bench.contract.registry.ACTIVATIONS`, `OPTIMIZERS` and
 `models.MODELS`, so a new table entry is trained here without further work. Each
 epoch costs a compile: the quick loop (`pytest -m "not slow"`) trains one dense
 case, the full suite every case and the multi-epoch checks.
@@ -17,9 +17,9 @@ import optax
 import pytest
 from flax import nnx
 
-from bench import registry
-from bench.registry import ACTIVATIONS, OPTIMIZERS
-from bench.steps import Penalty, build_program
+from bench.contract import registry
+from bench.contract.registry import ACTIVATIONS, OPTIMIZERS
+from bench.engine.steps import Penalty, build_program
 from conftest import quick_first
 from models import MODELS
 

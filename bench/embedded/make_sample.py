@@ -15,7 +15,7 @@ import os
 
 import numpy as np
 
-from bench.data import IDX_FILES, IDX_MAGIC, NUM_CLASSES, find_idx_file, read_idx
+from bench.engine.data import IDX_FILES, IDX_MAGIC, NUM_CLASSES, find_idx_file, read_idx
 
 SEED = 0
 TRAIN_EXAMPLES = 10_000

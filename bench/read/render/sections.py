@@ -1,0 +1,504 @@
+"""What the report says: its sections and tables, built from runs and their seed groups.
+
+Shared by every document format (Markdown, HTML); plots are added by the HTML renderer.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from bench.read.render import cells
+from bench.read.render.aggregate import (Group, families, group_trials, pareto_front, ranked, stat,
+                                    status_summary, targets, time_to)
+from bench.read.render.cells import Cell, number_cell, stat_cell, text_cell
+from bench.read.render.document import Block, Facts, Para, Report, Section, Table, table
+from bench.read.render.populations import populations_section, trained_together
+from bench.read.render.runs import Run, data_identity
+from bench.contract.schema import UNITS, Record
+
+LEADERBOARD_SIZE = 10
+
+Column = tuple[str, bool, Callable[[Group], Cell]]
+
+
+def build_report(runs: list[Run], groups: list[Group] | None = None) -> Report:
+    """The whole report of one or more runs (`groups`: their group_trials, if at hand)."""
+    groups = group_trials(runs) if groups is None else groups
+    parts = [summary(runs, groups), leaderboard(runs, groups), tuned_optimizers(runs, groups),
+             implementations(runs, groups), pivots(runs, groups),
+             pareto(runs, groups), all_configurations(runs, groups), populations_section(runs),
+             published(runs, groups), errors(runs), environment(runs)]
+    return Report(report_title(runs), tuple(s for s in parts if s is not None))
+
+
+def report_title(runs: list[Run]) -> str:
+    if len(runs) == 1:
+        return f"bench run {_run_name(runs[0].header)}"
+    return "bench report: " + " vs ".join(run.label for run in runs)
+
+
+def _run_name(header: dict) -> str:
+    """E.g. '20250101-120000' or 'standard (20250101-120000)'."""
+    name, run_id = header.get("name"), header.get("run_id")
+    return f"{name} ({run_id})" if name else str(run_id)
+
+
+def _plural(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
+# ---------------------------------------------------------------- columns
+
+
+def _same_data(runs: list[Run]) -> bool:
+    return len({data_identity(run.header) for run in runs}) == 1
+
+
+def _acc_title(runs: list[Run], head: str = "test acc %") -> str:
+    """E.g. 'test acc % (mnist, 2,000 test)': an accuracy always names its data."""
+    if _same_data(runs):
+        return f"{head} ({cells.data_short(runs[0].header.get('data') or {})})"
+    return f"{head} (each run's own data)"
+
+
+def _seeds(g: Group) -> int:
+    return len(g.records)
+
+
+def _metric(title: str, name, kind: str | None = None, missing: str = cells.MISSING) -> Column:
+    """A column of a seed statistic; `kind` defaults to the record field's unit."""
+    kind = kind or UNITS[name]
+    return (title, True, lambda g: stat_cell(g.metric(name), kind, _seeds(g), missing))
+
+
+def _status(g: Group) -> Cell:
+    return Cell(g.status_summary(), g.status_counts().get("ok", 0))
+
+
+def _busy(g: Group) -> Cell:
+    busy = sum(r.busy for r in g.records)
+    text = "" if not busy else "yes" if busy == len(g.records) else f"{busy}/{len(g.records)}"
+    return Cell(text, busy)
+
+
+def _params(g: Group) -> Cell:
+    return number_cell(stat(r.params for r in g.records).mean, "count")
+
+
+RUN: Column = ("run", False, lambda g: text_cell(g.run))
+CONFIG: Column = ("configuration", False, lambda g: text_cell(g.label))
+FAMILY: Column = ("family", False, lambda g: text_cell(g.family))
+SEEDS: Column = ("n", True, lambda g: Cell(str(_seeds(g)), _seeds(g)))
+TRAIN_S = _metric("train s", "train_s", "s")
+
+
+def _columns(runs: list[Run], *columns: Column) -> list[Column]:
+    """`columns`, preceded by the run column when several runs share the tables."""
+    return [RUN, *columns] if len(runs) > 1 else list(columns)
+
+
+def _rows_table(title: str, columns: list[Column], groups: list[Group], caption: str = "") -> Table:
+    rows = [[get(g) for _, _, get in columns] for g in groups]
+    return table(title, [(t, r) for t, r, _ in columns], rows, caption)
+
+
+def accuracy_caption(runs: list[Run]) -> str:
+    """Which data set and how many test examples produced the accuracies."""
+    if _same_data(runs):
+        data = runs[0].header.get("data") or {}
+        return (f"Test accuracy: % of the {cells.count(data.get('test_examples'))} test examples of "
+                f"{cells.data_name(data)} classified correctly; mean ± sd over seeds.")
+    each = "; ".join(f"{run.label}: {cells.data_line(run.header.get('data') or {})}" for run in runs)
+    return (f"Test accuracy is on each run's own test split ({each}); mean ± sd over seeds. "
+            f"These runs used different data, so their accuracies are not comparable.")
+
+
+# ---------------------------------------------------------------- summary
+
+SEEDS_NOTE = ("Trials that differ only by seed share one row: mean ± sample standard deviation "
+              "over the seeds that finished ok. n is the number of seeds; \"(n=k)\" marks a figure "
+              "from k seeds when k is 1 (a single value, no spread) or fewer than n.")
+TIMING_NOTE = ("Compilation is timed ahead of time and is never part of an epoch time. Steady "
+               "epoch s is the median of the epochs after the first; train s is the sum of the "
+               "epoch times (no compilation, no evaluation); ms/step and samples/s come from the "
+               "median of the timed rounds.")
+
+
+def _status_line(records) -> str:
+    return f"{len(records)} ({status_summary(records)})"
+
+
+def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
+    h = run.header
+    seeds = sorted({r.config.seed for r in run.records}, key=str)
+    facts = [("Run", _run_name(h)),
+             ("Data", f"{cells.data_line(h.get('data') or {})}. Every accuracy in this report "
+                      f"is measured on the test split of this data set."),
+             ("Device", cells.device_line(h.get("device") or {})),
+             ("Trials", f"{_status_line(run.records)} in {_plural(len(groups), 'configuration')}; "
+                        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}")]
+    machines = cells.machines_line(run.records)
+    if machines:
+        facts.insert(4, ("Machines", f"{machines}. Each trial's figures are its own machine's."))
+    if h.get("tags"):
+        facts.insert(1, ("Tags", ", ".join(str(t) for t in h["tags"])))
+    return facts
+
+
+def _runs_table(runs: list[Run]) -> Table:
+    rows = [[text_cell(text) for text in (
+        run.label, run.header.get("run_id"), run.header.get("name"),
+        ", ".join(map(str, run.header.get("tags") or [])), _device_cell(run),
+        cells.data_line(run.header.get("data") or {}), _status_line(run.records))] for run in runs]
+    columns = [("run", False), ("run id", False), ("name", False), ("tags", False),
+               ("device", False), ("data", False), ("trials", False)]
+    return table("Runs", columns, rows)
+
+
+def _device_cell(run: Run) -> str:
+    line = cells.device_line(run.header.get("device") or {})
+    machines = cells.machines_line(run.records)
+    return f"{line}; trials from {machines}" if machines else line
+
+
+def summary(runs: list[Run], groups: list[Group]) -> Section:
+    if len(runs) == 1:
+        blocks: list[Block] = [Facts(tuple(_run_facts(runs[0], groups)))]
+    else:
+        blocks = [Para(f"{len(runs)} runs; every table labels its rows by run."), _runs_table(runs)]
+        if not _same_data(runs):
+            blocks.append(Para("Warning: the runs used different data sets; accuracies are "
+                               "not comparable across runs."))
+    blocks += [Para(SEEDS_NOTE), Para(TIMING_NOTE), best_per_family(runs, groups)]
+    return Section("summary", "Summary", tuple(blocks))
+
+
+def best_per_family(runs: list[Run], groups: list[Group]) -> Block:
+    best: dict[tuple, Group] = {}
+    for g in ranked(groups):
+        best.setdefault((g.run_index, g.family), g)
+    if not best:
+        return Para("No trial finished ok.")
+    chosen = [best[k] for k in sorted(best)]
+    columns = _columns(runs, FAMILY, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
+                       TRAIN_S)
+    return _rows_table("Best configuration per family", columns, chosen, accuracy_caption(runs))
+
+
+# ---------------------------------------------------------------- leaderboard
+
+
+def leaderboard(runs: list[Run], groups: list[Group]) -> Section:
+    order = ranked(groups)
+    top = order[:LEADERBOARD_SIZE]
+    if not top:
+        return Section("leaderboard", "Leaderboard", (Para("No trial finished ok."),))
+    rank = {id(g): i + 1 for i, g in enumerate(top)}
+    columns = [("#", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
+               *_columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
+                         TRAIN_S, _metric("steady epoch s", "steady_epoch_s"),
+                         _metric("ms/step", "step_ms"), _metric("compile s", "compile_s"))]
+    caption = (f"Top {len(top)} of {len(order)} configurations by mean test accuracy. "
+               + accuracy_caption(runs))
+    return Section("leaderboard", "Leaderboard", (_rows_table("", columns, top, caption),))
+
+
+# ---------------------------------------------------------------- pivots
+
+PIVOT_FIXED = ("activation", "optimizer", "seed")
+
+
+def pivot_cells(groups: list[Group]) -> dict[tuple[int, str, str], list[Group]]:
+    """(run index, activation, optimizer) -> the family's groups there, most accurate first."""
+    order = {id(g): i for i, g in enumerate(ranked(groups))}
+    out: dict[tuple[int, str, str], list[Group]] = {}
+    for g in groups:
+        out.setdefault((g.run_index, g.config["activation"], g.config["optimizer"]), []).append(g)
+    for members in out.values():
+        members.sort(key=lambda g: order.get(id(g), len(order)))
+    return out
+
+
+def _pivot_cell(members: list[Group] | None, name: str, kind: str) -> Cell:
+    if not members:
+        return Cell("", None)
+    g = members[0]
+    if not g.ok:
+        return Cell(", ".join(g.status_counts()), None)
+    return stat_cell(g.metric(name), kind, _seeds(g))
+
+
+def _varying(cell_map: dict) -> list[str]:
+    """Config fields that differ inside some pivot cell (besides activation, optimizer, seed)."""
+    names = set()
+    for members in cell_map.values():
+        for g in members[1:]:
+            names |= {k for k, v in g.config.items() if members[0].config.get(k) != v}
+    return sorted(names - set(PIVOT_FIXED))
+
+
+def pivot_table(runs: list[Run], family: str, family_groups: list[Group], metric: tuple) -> Table:
+    """Activations down, optimizers (per run) across; each cell the most accurate configuration."""
+    title, name, kind = metric
+    cell_map = pivot_cells(family_groups)
+    acts = sorted({g.config["activation"] for g in family_groups})
+    opts = sorted({g.config["optimizer"] for g in family_groups})
+    keys = [(i, o) for o in opts for i in sorted({g.run_index for g in family_groups})]
+    heads = [o if len(runs) == 1 else f"{o} · {runs[i].label}" for i, o in keys]
+    rows = [[text_cell(a), *(_pivot_cell(cell_map.get((i, a, o)), name, kind) for i, o in keys)]
+            for a in acts]
+    varying = _varying(cell_map)
+    caption = ("Each cell: the most accurate configuration with that activation and optimizer"
+               + (f" (best over {', '.join(varying)}; all are in the full table)." if varying else "."))
+    return table(f"{family}: {title}", [("activation", False), *((h, True) for h in heads)], rows,
+                 caption)
+
+
+def pivots(runs: list[Run], groups: list[Group]) -> Section | None:
+    if not groups:
+        return None
+    blocks: list[Block] = []
+    for family in families(groups):
+        members = [g for g in groups if g.family == family]
+        blocks.append(pivot_table(runs, family, members, (_acc_title(runs), "test_accuracy", "pct")))
+        blocks.append(pivot_table(runs, family, members, ("steady epoch s", "steady_epoch_s", "s")))
+    blocks.append(Para(accuracy_caption(runs) + " Steady epoch s belongs to the configuration "
+                       "shown in the accuracy table."))
+    return Section("pivots", "By activation and optimizer", tuple(blocks))
+
+
+# ---------------------------------------------------------------- pareto front
+
+
+def pareto(runs: list[Run], groups: list[Group]) -> Section | None:
+    front = pareto_front(groups)
+    if not front:
+        return None
+    columns = _columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
+                       TRAIN_S)
+    caption = ("Configurations that no other configuration beats on both mean test accuracy and "
+               "mean training time (train s), fastest first. " + accuracy_caption(runs))
+    return Section("pareto", "Accuracy vs training time: Pareto front",
+                   (_rows_table("", columns, front, caption),))
+
+
+# ---------------------------------------------------------------- optimizers at their best rate
+
+
+def best_rates(groups: list[Group]) -> dict[tuple, list[tuple[Group, int]]]:
+    """(run index, configuration without optimizer and rate) -> per optimizer tried at two or
+    more learning rates: (its most accurate group, how many rates were tried), best first."""
+    tried: dict[tuple, dict[str, list[Group]]] = {}
+    for g in ranked(groups):  # most accurate first
+        rest = tuple((k, v) for k, v in g.config.items() if k not in ("optimizer", "learning_rate"))
+        tried.setdefault((g.run_index, rest), {}).setdefault(g.config["optimizer"], []).append(g)
+    out = {}
+    for key, by_optimizer in tried.items():
+        best = [(members[0], len(members)) for members in by_optimizer.values() if len(members) > 1]
+        if best:
+            out[key] = best
+    return out
+
+
+def tuned_optimizers(runs: list[Run], groups: list[Group]) -> Section | None:
+    """DeepOBS' question: which optimizer is best when each gets its best learning rate."""
+    found = best_rates(groups)
+    if not found:
+        return None
+    rows = [(g, rates) for best in found.values() for g, rates in best]
+    rank = {id(g): i + 1 for best in found.values() for i, (g, _) in enumerate(best)}
+    rates = {id(g): n for g, n in rows}
+    columns = _columns(runs, CONFIG, ("rank", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
+                       ("rates tried", True, lambda g: Cell(str(rates[id(g)]), rates[id(g)])),
+                       SEEDS, _metric(_acc_title(runs), "test_accuracy"),
+                       _metric("ms/step", "step_ms"))
+    caption = ("For each model and optimizer tried at several learning rates: the rate whose "
+               "seeds reached the highest mean test accuracy, ranked within the model (the "
+               "DeepOBS protocol: tune each optimizer's rate on a grid, compare them at their "
+               "best over several seeds). " + accuracy_caption(runs))
+    return Section("tuned", "Optimizers at their best learning rate",
+                   (_rows_table("", columns, [g for g, _ in rows], caption),))
+
+
+# ---------------------------------------------------------------- implementations
+
+
+IMPL_FORMS = ("tuned", "flax")
+
+
+def impl_pairs(groups: list[Group]) -> list[tuple[Group, Group]]:
+    """(tuned, flax) groups of one run whose configurations differ only in `impl`."""
+    found: dict[tuple, dict[str, Group]] = {}
+    for g in groups:
+        rest = tuple((k, v) for k, v in g.config.items() if k != "impl")
+        found.setdefault((g.run_index, rest), {})[g.config.get("impl") or "tuned"] = g
+    return [(forms["tuned"], forms["flax"]) for forms in found.values()
+            if all(f in forms for f in IMPL_FORMS)]
+
+
+def _ratio_cell(pair: tuple[Group, Group], name: str) -> Cell:
+    tuned, flax = (g.metric(name).mean for g in pair)
+    if not tuned or flax is None:
+        return Cell(cells.MISSING, None)
+    return Cell(f"{flax / tuned:.2f}×", flax / tuned)
+
+
+def implementations(runs: list[Run], groups: list[Group]) -> Section | None:
+    """The same configurations written as bench's own forms and as stock Flax, side by side."""
+    pairs = impl_pairs(groups)
+    if not pairs:
+        return None
+    metrics = (("ms/step", "step_ms"), ("steady epoch s", "steady_epoch_s"), ("compile s", "compile_s"),
+               (_acc_title(runs), "test_accuracy"))
+    columns = [("configuration", False), ("n", True)]
+    for title, name in metrics:
+        columns += [(f"{title} {form}", True) for form in IMPL_FORMS]
+        if name == "step_ms":
+            columns.append(("flax ÷ tuned", True))
+    rows = []
+    for pair in pairs:
+        row = [text_cell(pair[0].records[0].config.label(without=("impl",))),
+               Cell(str(_seeds(pair[0])), _seeds(pair[0]))]
+        for _, name in metrics:
+            row += [stat_cell(g.metric(name), UNITS[name], _seeds(g)) for g in pair]
+            if name == "step_ms":
+                row.append(_ratio_cell(pair, "step_ms"))
+        rows.append(row)
+    if len(runs) > 1:
+        columns.insert(0, ("run", False))
+        rows = [[text_cell(pair[0].run), *row] for pair, row in zip(pairs, rows)]
+    caption = ("Each configuration in both of its forms (--impl): tuned is bench's own (patch-"
+               "product convolutions, the fused CPU LSTM kernel, a hand-written recurrence "
+               "gradient), flax the stock Flax NNX layers a Flax user writes. Both compute the "
+               "same function from the same initial parameters (tests check logits and "
+               "gradients), so accuracies differ only by float rounding over training. ms/step "
+               "is each trial's own timed rounds; epoch and compile times of trials trained in "
+               "a population are the population's (see Populations). " + accuracy_caption(runs))
+    return Section("impls", "Implementations side by side", (table("", columns, rows, caption),))
+
+
+# ---------------------------------------------------------------- all configurations
+
+
+def _target_columns(runs: list[Run]) -> list[Column]:
+    return [_metric(f"to {100 * float(t):g}% s", time_to(t), "s", cells.NEVER)
+            for t in targets(runs)]
+
+
+def all_configurations(runs: list[Run], groups: list[Group]) -> Section | None:
+    if not groups:
+        return None
+    columns = _columns(runs, CONFIG, SEEDS, ("status", False, _status),
+                       _metric(_acc_title(runs), "test_accuracy"),
+                       _metric("compile s", "compile_s"), _metric("epoch 1 s", "first_epoch_s"),
+                       _metric("steady epoch s", "steady_epoch_s"), TRAIN_S,
+                       _metric("ms/step", "step_ms"), _metric("samples/s", "samples_per_s"),
+                       _metric("GFLOP/s", "achieved_flops"),
+                       _metric("% of peak", "peak_fraction"), ("busy", False, _busy),
+                       ("params", True, _params), *_target_columns(runs))
+    together = any(trained_together(r) for run in runs for r in run.records)
+    caption = (accuracy_caption(runs) + " \"to X% s\": training seconds until the test accuracy "
+               f"first reached X% (compilation excluded; {cells.NEVER} never reached"
+               + ("; trials trained in a population count on their population's clock, and "
+                  "their compile and epoch times are the population's (see Populations)"
+                  if together else "")
+               + "). % of peak: achieved FLOP/s over the device's calibrated fp32 matmul peak. "
+               "busy: other processes used the CPU while the trial was timed.")
+    return Section("trials", "All configurations", (_rows_table("", columns, groups, caption),))
+
+
+# ---------------------------------------------------------------- published vs measured
+
+
+def _reference(g: Group) -> dict | None:
+    return next((r.reference for r in g.records if r.reference), None)
+
+
+def _difference(g: Group) -> Cell:
+    measured, ref = g.metric("test_accuracy").mean, _reference(g).get("published_test_accuracy")
+    if measured is None or ref is None:
+        return Cell("", None)
+    diff = 100 * (measured - ref)
+    return Cell(f"{diff:+.2f}", diff)
+
+
+def published(runs: list[Run], groups: list[Group]) -> Section | None:
+    chosen = [g for g in groups if _reference(g)]
+    if not chosen:
+        return None
+    columns = _columns(runs, CONFIG, SEEDS,
+                       ("reference", False, lambda g: text_cell(_reference(g).get("name"))),
+                       ("published %", True,
+                        lambda g: number_cell(_reference(g).get("published_test_accuracy"), "pct")),
+                       _metric(_acc_title(runs, "measured %"), "test_accuracy"),
+                       ("difference pp", True, _difference),
+                       ("source", False, lambda g: text_cell(_reference(g).get("source"))))
+    caption = ("Published figures are as reported by their source, on its own test set and "
+               "training budget; measured figures are this run's. " + accuracy_caption(runs))
+    return Section("published", "Published vs measured",
+                   (_rows_table("", columns, chosen, caption),))
+
+
+# ---------------------------------------------------------------- errors
+
+
+def _error_text(record: Record) -> str:
+    if record.error:
+        return str(record.error)
+    if record.status == "diverged":
+        return f"loss or test loss not finite in epoch {record.epochs_run}"
+    return ""
+
+
+def _error_rows(run: Run) -> list[list[Cell]]:
+    return [[text_cell(run.label), text_cell(g.label), text_cell(r.config.seed),
+             text_cell(r.status), text_cell(_error_text(r))]
+            for g in group_trials([run]) for r in g.records if not r.ok]
+
+
+def errors(runs: list[Run]) -> Section | None:
+    rows = [row for run in runs for row in _error_rows(run)]
+    if not rows:
+        return None
+    columns = [("run", False), ("configuration", False), ("seed", True), ("status", False),
+               ("error", False)]
+    if len(runs) == 1:
+        columns, rows = columns[1:], [row[1:] for row in rows]
+    return Section("errors", "Errors", (table("", columns, rows),))
+
+
+# ---------------------------------------------------------------- environment
+
+
+def _environment_rows(header: dict) -> dict[str, str]:
+    """Item -> value: where the numbers came from."""
+    device, peak = header.get("device") or {}, header.get("calibration") or {}
+    items = {"run id": header.get("run_id"), "started": header.get("started"),
+             "command": header.get("command"), "git commit": header.get("git_commit"),
+             "schema version": header.get("schema_version"),
+             "device": cells.device_line(device),
+             "host CPU cores": (f"{device.get('host_cpu_count')} "
+                                f"({device.get('usable_cpu_count')} usable)")}
+    items |= {name: version for name, version in (header.get("versions") or {}).items()}
+    if peak.get("peak_flops"):
+        items["calibrated peak"] = (f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s "
+                                    f"(fp32 {peak.get('matrix_size')}² matmul)")
+    items |= {f"protocol {k.replace('_', ' ')}": ", ".join(map(str, v)) if isinstance(v, list) else v
+              for k, v in (header.get("protocol") or {}).items()}
+    items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
+    items["fused GRU/simple-cell kernel (CPU)"] = header.get("fused_cells_cpu")
+    items["fused conv kernel (CPU)"] = header.get("fused_conv_cpu")
+    items["CPU kernels built for"] = header.get("cpu_kernel_target")
+    items["OpenBLAS threads (CPU kernels)"] = header.get("openblas_threads")
+    items["data provenance"] = (header.get("data") or {}).get("provenance")
+    return {k: "" if v is None else str(v) for k, v in items.items()}
+
+
+def environment(runs: list[Run]) -> Section:
+    per_run = [_environment_rows(run.header) for run in runs]
+    names = [k for k in dict.fromkeys(k for rows in per_run for k in rows)
+             if any(rows.get(k) for rows in per_run)]
+    rows = [[text_cell(n), *(text_cell(rows.get(n, "")) for rows in per_run)] for n in names]
+    heads = ["value"] if len(runs) == 1 else [run.label for run in runs]
+    columns = [("item", False), *((h, False) for h in heads)]
+    return Section("environment", "Environment", (table("", columns, rows),))

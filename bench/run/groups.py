@@ -1,0 +1,77 @@
+"""Which trials can train together, and the work units a sweep becomes.
+
+Trials whose configs differ only in per-member values (the `per_member` rows of
+schema.AXES: seed, learning rate, L1, L2, dropout rate) compile to the same
+program, so they can train as one population: one compiled program, the members
+on a vmapped axis. Dropout must be on for all members or off for all, since it
+changes the program (a dropout rate of 0 is no dropout at all). Everything here
+is a pure function of the configs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Callable, Iterable
+
+from bench.contract.schema import AXES, PER_MEMBER, SHARED, SpecError, TrialConfig
+from bench.contract.units import Unit, split_evenly
+
+OFF, AUTO = "off", "auto"
+
+
+def group_of(config: TrialConfig) -> tuple:
+    """What members of one population share: every value but the per-member ones, and
+    whether dropout is on. A stock-Flax model (impl flax) fixes its dropout rate in the
+    module (nnx.Dropout), so its members share the rate itself.
+
+    An axis added later leaves the group out while at its default (as it does the key),
+    so group ids stay those of earlier runs."""
+    shared = tuple(getattr(config, a.name) for a in AXES if not a.per_member
+                   and (a.keyed_at_default or getattr(config, a.name) != a.default[0]))
+    if config.impl == "flax":
+        return (*shared, config.dropout or 0.0)
+    return (*shared, (config.dropout or 0.0) > 0)
+
+
+def group_id(config: TrialConfig) -> str:
+    """A short, stable name of the config's group (the same in every run)."""
+    text = json.dumps(group_of(config))
+    return hashlib.sha256(text.encode()).hexdigest()[:8]
+
+
+def parse_population(value) -> str | int:
+    """'auto', 'off' or a positive integer (a cap on population size); SpecError otherwise."""
+    if isinstance(value, str) and value in (AUTO, OFF):
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+        return value
+    raise SpecError(f"population: {value!r} is not auto, off or a positive integer")
+
+
+def plan_units(configs: Iterable[TrialConfig], population: str | int,
+               cap: int | Callable[[TrialConfig], int]) -> list[Unit]:
+    """The work units of `configs`, in order of each group's first trial.
+
+    `population` 'off' gives one unit per trial, trained alone; 'auto' groups up to
+    `cap` members (the platform's limit, or a function of the group's first config); an
+    integer N up to N. A group larger than that is split into near-equal populations; a
+    group of one trains alone.
+    """
+    configs = list(configs)
+    if population == OFF:
+        return [Unit(group_id(c), (c,), alone=True) for c in configs]
+    cap_of = cap if callable(cap) else (lambda _: cap)
+    groups: dict[tuple, list[TrialConfig]] = {}
+    for config in configs:
+        groups.setdefault(group_of(config), []).append(config)
+    units = []
+    for members in groups.values():
+        size = cap_of(members[0]) if population == AUTO else int(population)
+        for chunk in split_evenly(members, size):
+            units.append(Unit(group_id(chunk[0]), tuple(chunk), alone=len(chunk) == 1))
+    return units
+
+

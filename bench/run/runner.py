@@ -1,0 +1,386 @@
+"""`bench run`: validate everything, then run the sweep into a run directory.
+
+Order matters: names, sizes, the data arguments and the device are all checked
+before the data set is read or anything is compiled, so mistakes cost seconds.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.engine import data as data_sources
+from bench.contract import results
+from bench.run import work
+from bench.engine.calibrate import calibration
+from bench.engine.devices import device_facts, platform_devices, resolve_device
+from bench.run.executors import check_executor, make_executor
+from bench.run.groups import Unit, plan_units
+from bench.read.render import terminal
+from bench.read.render.aggregate import group_trials, ranked
+from bench.read.render.cells import data_line, device_line
+from bench.read.render.populations import populations_table
+from bench.read.render.report import render_run
+from bench.read.render.runs import load_run, read_records, read_run_header
+from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
+                          make_config)
+from bench.contract.sweepfile import Sweep
+from bench.run.work import DataSpec, Job
+from models import fused_cells, fused_conv, fused_lstm
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    device: str = "auto"
+    data: str = "auto"
+    dataset: str = "mnist"
+    data_dir: str | None = None
+    out: Path | None = None
+    resume_only: bool = False  # --resume: `out` must hold a run to continue
+    retry_failed: bool = False
+    population: str | int = "auto"  # bench.run.groups: auto, off, or a cap on the size
+    devices: int | None = None  # devices a population is sharded over (None: all)
+    protocol: TimingProtocol = TimingProtocol()
+    recalibrate: bool = False
+    compilation_cache: str | None = None
+    executor: str = "serial"  # bench.run.executors: serial or ray
+    ray_address: str | None = None  # --ray-address (else RAY_ADDRESS, else a private Ray)
+    tasks_per_node: int | None = None  # Ray workers per node on CPU (default 1: all its cores)
+
+
+def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
+    """Runs the sweep's unfinished trials into the run directory; returns the exit status.
+
+    `sweep` None continues the plan recorded in the run directory (--resume alone).
+    The run directory is locked for the whole run: one writer at a time.
+    """
+    check_executor(options.executor)  # a missing Ray fails before anything is read
+    data_sources.check_data_args(options.data, options.dataset)
+    if options.resume_only and not (options.out / results.HEADER).exists():
+        raise SpecError(f"--resume {options.out}: no run to resume there (no {results.HEADER})")
+    created = options.out is None or not options.out.exists()
+    run_dir = results.new_run_dir(Path("reports")) if options.out is None else options.out
+    try:
+        with results.lock_run_dir(run_dir, command=" ".join(["python -m bench", *argv])):
+            return _run_locked(sweep, options, argv, run_dir)
+    finally:
+        if created and not (run_dir / results.HEADER).exists():
+            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was run: leave no empty run
+
+
+def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_dir: Path) -> int:
+    previous = _previous_header(run_dir)
+    if sweep is None:
+        sweep = _planned_sweep(previous)
+    done = read_records(run_dir)  # a bad results file stops the run before anything costs
+    executor = make_executor(options.executor, ray_address=options.ray_address,
+                             tasks_per_node=options.tasks_per_node, platform=options.device)
+    with executor:
+        device = resolve_device(options.device) if executor.name == "serial" else None
+        dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
+        if previous is not None:
+            _check_same_data(previous, dataset.describe(), run_dir)
+        template = Job(unit=Unit("", ()), data=DataSpec.of(dataset), device=options.device,
+                       devices=options.devices, protocol=options.protocol,
+                       recalibrate=options.recalibrate, compilation_cache=options.compilation_cache,
+                       expect_data=dataset.describe())
+        facts, peak, where = _place(executor, device, template, dataset)
+        header = _header(previous, sweep, run_dir, facts, dataset, peak, options, argv)
+        # How this invocation trains: a resumed run may change it (records say how each trained).
+        how = {"population": options.population, "executor": executor.describe(), **where}
+        (header if previous is None else header["resumed"][-1]).update(how)
+        results.write_header(run_dir, header)
+        todo, kept_failed = _unfinished(sweep, done, options.retry_failed)
+        units = plan_units(todo, options.population, lambda c: auto_cap(facts["platform"], c.model))
+        _announce(header, sweep, todo, peak, kept_failed=kept_failed, units=units, executor=executor)
+        jobs = [dataclasses.replace(template, unit=unit) for unit in units]
+        interrupted = _run_all(executor, jobs, sweep.references, run_dir, header)
+    return _finish(run_dir, header, len(sweep.trials), interrupted)
+
+
+def _place(executor, device, template: Job, dataset) -> tuple[dict, dict, dict]:
+    """Where the units run, as (device facts, calibration, how): this process's device
+    (serial: calibrated here, the data set and both handed to this process's worker), or
+    the cluster's workers, each of which calibrates its own node."""
+    if executor.name != "serial":
+        workers = executor.start_workers(template)
+        facts, peak = _cluster_facts(workers)
+        return facts, peak, {"workers": len(workers)}
+    peak = calibration(device, use_cache=not template.recalibrate)
+    work.remember_dataset(template.data, dataset)
+    work.adopt(template, device, peak)
+    device_list = platform_devices(device, template.devices)
+    return device_facts(device), peak, {"devices": [str(d) for d in device_list]}
+
+
+def _unfinished(sweep: Sweep, done: list, retry_failed: bool) -> tuple[list[TrialConfig], int]:
+    """The sweep's trials to run now, and how many failed ones are kept as they are."""
+    failed = {r.key for r in done if r.status == "failed"}
+    finished = {r.key for r in done} - (failed if retry_failed else set())
+    return [t for t in sweep.trials if t.key not in finished], 0 if retry_failed else len(failed)
+
+
+def _cluster_facts(workers: list[dict]) -> tuple[dict, dict]:
+    """The run's device facts and calibration from its workers' (the first one's, with
+    the number of workers); each record carries its own node's."""
+    first = workers[0]
+    facts = {"platform": first["platform"], "device_kind": first["device_kind"],
+             "device_count": first["device_count"], "host_cpu": first["cpu"],
+             "host_cpu_count": first["cpu_count"], "usable_cpu_count": first["usable_cpu_count"],
+             "workers": len(workers),
+             "nodes": len({w["node"] for w in workers})}
+    peak = {**(first.get("calibration") or {}), "node": first["node"],
+            "per_node": "each record's machine.peak_flops is its own node's"}
+    return facts, peak
+
+
+# The largest population `--population auto` makes (it also splits what would not fit in
+# memory): on CPU the members' steps share the same cores, so beyond this the compile
+# savings no longer grow; accelerators take more.
+POPULATION_CAP = {"cpu": 64, "gpu": 1024, "tpu": 1024}
+# Families that `auto` trains alone on a platform, because there a population of them trained
+# slower than its members one at a time (docs/measurements.md, "Populations": conv 32 on a
+# 2-core CPU, 0.88x the whole sweep's speed at 16 members, parity at 4).
+ALONE_BY_DEFAULT = {("cpu", "conv")}
+
+
+def auto_cap(platform: str, family: str) -> int:
+    """The largest population `--population auto` makes of `family` on `platform`."""
+    if (platform, family) in ALONE_BY_DEFAULT:
+        return 1
+    return POPULATION_CAP.get(platform, 64)
+
+
+def _previous_header(run_dir: Path) -> dict | None:
+    """The header of the run being resumed, None for a new run."""
+    if (run_dir / results.HEADER).exists():
+        return read_run_header(run_dir)
+    return None
+
+
+def _planned_sweep(previous: dict | None) -> Sweep:
+    plan = (previous or {}).get("plan")
+    if not plan:
+        raise SpecError("this run directory records no plan; give the sweep again (flags, --sweep or --preset)")
+    trials = tuple(make_config(c) for c in plan)  # names checked: these trials will run
+    return Sweep(name=previous.get("name", ""), trials=trials,
+                 references=previous.get("references", {}))
+
+
+def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv) -> dict:
+    """A new run's header, or the resumed run's with the new plan merged in."""
+    command = " ".join(["python -m bench", *argv])
+    if previous is None:
+        header = results.make_header(run_dir.name, device=device_facts,
+                                     data=dataset.describe(), argv=[command],
+                                     extra={"name": sweep.name, "calibration": peak,
+                                            **work.cpu_kernel_statuses(),
+                                            "openblas_threads": fused_lstm.blas_threads(),
+                                            "protocol": dataclasses.asdict(options.protocol),
+                                            "options": _recordable(options),
+                                            "driver": work.machine_facts()})
+        header["plan"], header["references"], header["nodes"] = [], {}, []
+    else:
+        header = dict(previous, schema_version=SCHEMA_VERSION)
+        header.setdefault("resumed", []).append({"command": command, "at": results.now_iso(),
+                                                 "retry_failed": options.retry_failed})
+    planned = {TrialConfig.from_dict(c).key: c for c in header["plan"]}
+    planned.update({t.key: t.to_dict() for t in sweep.trials if t.key not in planned})
+    header["plan"] = list(planned.values())
+    header["references"] = {**header.get("references", {}), **sweep.references}
+    return header
+
+
+def _recordable(options: RunOptions) -> dict:
+    """The options a resumed run must reuse (absolute data path: resuming may happen elsewhere)."""
+    data = options.data
+    if data not in data_sources.NAMED_SOURCES:
+        data = str(Path(data).expanduser().resolve())
+    return {"device": options.device, "data": data, "dataset": options.dataset,
+            "data_dir": options.data_dir}
+
+
+def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
+    keys = ("name", "source", "location", "train_examples", "test_examples")
+    before, now = ({k: d.get(k) for k in keys} for d in (header["data"], data))
+    if before != now:
+        raise SpecError(f"{run_dir} was run on {before}; this data is {now}. Resume with the same "
+                        f"--data, or give a new --out")
+
+
+def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int,
+              units: list[Unit], executor) -> None:
+    console = terminal.console
+    done = len(sweep.trials) - len(todo)
+    kept = (f" ({kept_failed} of them failed and are kept; --retry-failed runs them again)"
+            if kept_failed else "")
+    console.print(f"[bold]bench[/] {sweep.name}: {len(sweep.trials)} trials"
+                  + (f", {done} already finished{kept}" if done else "")
+                  + f"; {device_line(header['device'])}")
+    if peak.get("warning"):
+        console.print(f"[yellow]{peak['warning']}")
+    console.print(f"data: {data_line(header['data'])}")
+    console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
+                  f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
+    if header["device"]["platform"] == "cpu":
+        target = header.get("cpu_kernel_target")
+        built_for = f" (built for {target})" if target not in (None, "native") else ""
+        for label, runs_it, kernel in _CPU_KERNELS:
+            if any(runs_it(t) for t in sweep.trials):
+                status = kernel.status()
+                console.print(f"{label}: fused CPU kernel {status}"
+                              + (built_for if status == "on" else ""))
+    population = (header.get("resumed") or [header])[-1].get("population")
+    console.print(f"populations ({population}): {_units_line(units)}")
+    if executor.name != "serial":
+        about = executor.describe()
+        nodes = header["device"].get("nodes")
+        console.print(f"executor: ray at {about['address']}: {header['device'].get('workers')} "
+                      f"workers on {nodes} node{'s' if nodes != 1 else ''}"
+                      f" ({about['tasks_per_node']} per node)")
+        for warning in executor.warnings:
+            console.print(f"[yellow]{warning}")
+
+
+def _units_line(units: list[Unit]) -> str:
+    """E.g. '64 trials as 1 population of 64 on 1 device' or 'every trial alone'."""
+    together = [u.size for u in units if not u.alone]
+    alone = sum(u.size for u in units if u.alone)
+    if not together:
+        return f"{alone} trials, each alone"
+    sizes = ", ".join(map(str, together))
+    return (f"{sum(together)} trials in {len(together)} populations ({sizes})"
+            + (f", {alone} alone" if alone else ""))
+
+
+# The CPU kernels a run says it used, each with the trials that run it.
+_CPU_KERNELS = [
+    ("LSTM time loop", lambda t: t.model == "recurrent" and t.cell == "lstm", fused_lstm),
+    ("GRU/simple-cell time loop",
+     lambda t: t.model == "recurrent" and t.cell != "lstm" and t.impl == "tuned", fused_cells),
+    ("convolution blocks", lambda t: t.model == "conv" and t.impl == "tuned", fused_conv),
+]
+
+
+def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
+    console = terminal.console
+    run = load_run(run_dir)
+    records = run.records
+    leaderboard = sorted(records, key=lambda r: -(r.test_accuracy or -1.0))
+    console.print(terminal.results_table(
+        leaderboard, title=f"leaderboard: test accuracy on {data_line(header['data'])}"))
+    groups = group_trials([run])
+    if any(len(g.records) > 1 for g in groups):
+        top = ranked(groups)  # then those with no accuracy (every seed failed)
+        ranked_ids = {id(g) for g in top}
+        groups = top + [g for g in groups if id(g) not in ranked_ids]
+        console.print(terminal.seeds_table(groups, title="by configuration: mean ± sd over seeds"))
+    together = populations_table([run])
+    if together is not None:
+        console.print(terminal.document_table(
+            together, "populations: figures shared by their members (see report)"))
+    reports = render_run([run_dir])
+    console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
+                  + ", ".join(str(path) for path in reports))
+    if interrupted:
+        console.print(f"[yellow]interrupted: {len(records)} of {planned} trials finished and saved; "
+                      f"continue with: python -m bench run --resume {run_dir}")
+        return 130
+    return 0
+
+
+def _run_all(executor, jobs: list[Job], references: dict, run_dir: Path, header: dict) -> bool:
+    """Runs the jobs, storing each one's records as it ends; True if interrupted by Ctrl-C."""
+    nodes = NodeLedger(header)
+    with terminal.sweep_progress() as bars:
+        display = SweepDisplay(bars, jobs)
+        try:
+            for job, records in executor.run(jobs, display):
+                for record in records:
+                    record["reference"] = references.get(record["key"])
+                    results.append_result(run_dir, record)
+                if nodes.add(job, records):
+                    results.write_header(run_dir, header)
+        except KeyboardInterrupt:
+            return True
+        finally:
+            nodes.close(getattr(executor, "units", None))
+            results.write_header(run_dir, header)
+    return False
+
+
+class NodeLedger:
+    """run.json's list of the nodes (machines) that ran work, with what each ran."""
+
+    def __init__(self, header: dict):
+        self.header = header
+        self.nodes = header.setdefault("nodes", [])
+
+    def add(self, job: Job, records: list[dict]) -> bool:
+        """Counts the unit; True if it came from a node not listed before."""
+        machine = next((r.get("machine") for r in records if r.get("machine")), None)
+        if machine is None:
+            return False
+        where = {"host": machine.get("host"), "node": machine.get("node")}
+        entry = next((n for n in self.nodes if {k: n.get(k) for k in where} == where), None)
+        if entry is None:
+            entry = {**machine, "units": 0, "trials": 0}
+            self.nodes.append(entry)
+        entry["units"] += 1
+        entry["trials"] += len(records)
+        return entry["units"] == 1
+
+    def close(self, units: list[dict] | None) -> None:
+        """Adds the Ray executor's per-unit times (seconds on the wire and at work)."""
+        if units:
+            self.header.setdefault("executor_units", []).extend(units)
+
+
+class SweepDisplay:
+    """The terminal while a sweep runs (bench.run.executors.Progress): trials done, and what
+    runs where (serially, the epochs of the current unit)."""
+
+    def __init__(self, bars, jobs: list[Job]):
+        self.bars = bars
+        self.pending, self.running, self.done = len(jobs), {}, 0
+        self.trials = bars.add_task("trials", total=sum(j.unit.size for j in jobs))
+        self.epochs = None
+        self.workers: dict = {}
+
+    def started(self, job: Job, where: str | None) -> None:
+        self.pending -= 1
+        if where is None:  # serial: one unit at a time, with its epochs
+            self.bars.update(self.trials, description=f"[bold]{_unit_label(job.unit)}")
+            if self.epochs is None:
+                self.epochs = self.bars.add_task("epochs", total=None)
+            self.bars.reset(self.epochs, total=job.unit.members[0].epochs, description="  epochs")
+            return
+        self.running[where] = job
+        if where not in self.workers:
+            self.workers[where] = self.bars.add_task("", total=None)
+        self.bars.update(self.workers[where], description=f"  {where}: {_unit_label(job.unit)}")
+        self._status()
+
+    def epoch(self, job: Job, entry: dict) -> None:
+        best = "best test acc" if job.unit.size > 1 else "test acc"
+        self.bars.update(self.epochs, advance=1,
+                         description=f"  epoch {entry['epoch']}: {best} {100 * entry['test_accuracy']:.2f}%")
+
+    def finished(self, job: Job, where: str | None, records: list[dict]) -> None:
+        self.done += 1
+        self.bars.advance(self.trials, len(records))
+        if where is not None:
+            self.running.pop(where, None)
+            self.bars.update(self.workers[where], description=f"  {where}: idle")
+            self._status()
+
+    def _status(self) -> None:
+        self.bars.update(self.trials, description=f"[bold]units: {self.done} finished, "
+                         f"{len(self.running)} running, {self.pending} pending")
+
+
+def _unit_label(unit: Unit) -> str:
+    label = unit.members[0].label()
+    return label if unit.size == 1 else f"population of {unit.size}: {label} ..."
