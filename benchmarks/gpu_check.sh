@@ -45,7 +45,7 @@ step facts 120 $PY -c "
 import jax, sys, platform
 print('python', platform.python_version(), 'jax', jax.__version__)
 print('devices', jax.devices())
-import bench.cli, bench.engine.population
+import bench.cli, bench.engine.training
 print('bench imports')"
 
 # 2. The quick preset (the default sweep) on the GPU.

@@ -35,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from bench.contract import registry  # noqa: E402
 from bench.contract.schema import make_config  # noqa: E402
 from bench.engine.steps import build_program  # noqa: E402
-from bench.engine.trial import build_model  # noqa: E402
+from bench.engine.training import build_model  # noqa: E402
 
 
 def compiled_round(model: str, units: int | None, cell: str, batch: int, steps: int):

@@ -14,7 +14,7 @@ import pytest
 from bench.contract import registry
 from bench.contract.schema import make_config
 from bench.engine.steps import build_program
-from bench.engine.trial import build_model
+from bench.engine.training import build_model
 from models import MODELS
 
 BATCH = 128

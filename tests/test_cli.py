@@ -205,7 +205,7 @@ def test_a_new_data_set_in_the_same_process_gets_its_own_arrays(monkeypatch):
     import jax
     import numpy as np
 
-    from bench.engine import trial
+    from bench.engine import training
     from bench.engine.data import Dataset
 
     monkeypatch.setattr(trial, "id", lambda obj: 42, raising=False)
@@ -213,9 +213,9 @@ def test_a_new_data_set_in_the_same_process_gets_its_own_arrays(monkeypatch):
     for n in (8, 16):
         x, y = np.full((n, 28, 28), n, np.float32), np.zeros(n, np.int32)
         dataset = Dataset("m", "npz", "", x, y, x[:2], y[:2])
-        placed = trial.place_dataset(dataset, device)
+        placed = training.place_dataset(dataset, device)
         assert placed[0].shape == x.shape and float(placed[0][0, 0, 0]) == n
-        assert trial.place_dataset(dataset, device)[0] is placed[0]  # cached while in use
+        assert training.place_dataset(dataset, device)[0] is placed[0]  # cached while in use
 
 
 @pytest.mark.slow  # trains an LSTM

@@ -3,7 +3,7 @@
 A member of a population must end where the same trial trained alone ends (to float
 tolerance): same parameters, same per-epoch losses and accuracies, same key. The
 program-level cases are expanded over the model families and over optimizers with
-and without extra state; the run-level cases go through bench.engine.population itself.
+and without extra state; the run-level cases go through bench.engine.training itself.
 """
 
 from __future__ import annotations
@@ -23,18 +23,18 @@ import numpy as np
 import pytest
 
 from bench.run import groups
-from bench.engine import population
+from bench.engine import training as population
 from bench.contract import registry
 from bench.engine.data import Dataset
 from bench.run.groups import Unit, group_id, plan_units, split_evenly
-from bench.engine.population import run_population, with_recompiles, worth_retiring
+from bench.engine.training import train_unit as run_population, with_recompiles, worth_retiring
 from bench.read.render.csv import render_csv
 from bench.read.render.populations import _members_cell, populations_table
 from bench.read.render.runs import Run
 from bench.contract.schema import AXES, TimingProtocol, make_config
 from bench.engine.steps import (Hyper, Penalty, build_member_program, build_program, injected,
                          population_program)
-from bench.engine.trial import build_model, run_trial
+from bench.engine.training import build_model, run_trial
 from models import MODELS
 from conftest import quick_first
 from test_training import X_TRAIN, Y_TRAIN, synthetic
@@ -130,7 +130,7 @@ def test_bad_population_settings_name_the_valid_ones(text):
 
 
 def solo_params(cfg, epochs: int, x=X_TRAIN, y=Y_TRAIN):
-    """The trial trained alone, as bench.engine.trial trains it (values baked into the program)."""
+    """The trial trained alone, as the engine trains a unit of one (values baked into the program)."""
     model = build_model(cfg)
     program = build_program(model, registry.optimizer(cfg.optimizer, cfg.learning_rate), cfg.batch_size,
                             penalty=Penalty(cfg.l1, cfg.l2), uses_dropout=cfg.dropout > 0)
@@ -338,20 +338,52 @@ def test_worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s, w
 def test_a_failing_population_is_retried_as_halves_before_anything_fails(dataset, monkeypatch):
     """A population that cannot run as a whole (e.g. out of memory) splits; its members
     are trained in smaller populations or alone, and nothing is recorded twice or lost."""
-    real_run = population._Population.run
+    real_run = population._UnitTraining.run
 
     def run_only_small(self):
         if self.unit.size > 2:
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
         return real_run(self)
 
-    monkeypatch.setattr(population._Population, "run", run_only_small)
+    monkeypatch.setattr(population._UnitTraining, "run", run_only_small)
     cfgs = lr_sweep(5)
     records = run(cfgs, dataset)
     assert sorted(r.key for r in records) == sorted(c.key for c in cfgs)
     assert all(r.status == "ok" for r in records)
     assert all("RESOURCE_EXHAUSTED" in r.population["retry"] for r in records)
     assert sorted(r.population["size"] for r in records) == [1, 2, 2, 2, 2]
+
+
+@pytest.mark.parametrize("family, impl", quick_first(
+    [(family, impl) for family in MODELS for impl in ("tuned", "flax")]))
+def test_a_members_flop_count_is_the_same_trials_count_alone(dataset, family, impl):
+    """One counting path for every unit size (training.COUNTED_FORM): a conv population on
+    CPU used to be counted through the kernel's custom call, which XLA sees as no work."""
+    cfgs = [config(family, impl=impl, learning_rate=lr, seed=s, epochs=1)
+            for lr, s in ((1e-3, 0), (3e-3, 1))]
+    members = run(cfgs, dataset)
+    alone = run_trial(cfgs[0], dataset, jax.devices("cpu")[0], PROTOCOL)
+    assert [m.population["size"] for m in members] == [2, 2]
+    assert members[0].flops_per_step == members[1].flops_per_step == alone.flops_per_step > 0
+
+
+def test_a_bug_in_a_population_records_every_member_failed_at_once(dataset, monkeypatch):
+    """Only running out of memory is worth retrying smaller; any other exception is the same
+    in a half, so the members are recorded failed, naming the error and where it arose."""
+    calls = []
+
+    def broken(self, rows_active, index):
+        calls.append(len(self.rows))
+        raise ValueError("shapes do not match")
+
+    monkeypatch.setattr(population._Vmapped, "train_epoch", broken)
+    records = run(lr_sweep(4), dataset)
+    assert calls == [4]  # tried once, never as halves
+    assert [r.status for r in records] == ["failed"] * 4
+    for record in records:
+        assert record.error.startswith("ValueError: shapes do not match (at bench/engine/")
+        assert "in broken" not in record.error  # the innermost frame of bench's own code
+        assert "retry" not in record.population and record.population["size"] == 4
 
 
 # ---------------------------------------------------------------- across devices
@@ -361,8 +393,8 @@ SCRIPT_PRELUDE = """
 import json, sys
 sys.path.insert(0, 'tests')
 import jax, numpy as np
-from bench.engine import population
-from bench.engine.population import run_population
+from bench.engine import training as population
+from bench.engine.training import train_unit as run_population
 from bench.contract.schema import TimingProtocol
 from test_population import PROTOCOL, config, unit_of
 from bench.engine.data import Dataset
@@ -408,7 +440,7 @@ def test_two_devices_give_the_records_of_one(tmp_path):
 
 
 RETIRING_ON_TWO_DEVICES = """
-from bench.engine.trial import run_trial
+from bench.engine.training import run_trial
 population.worth_retiring = lambda *_: True
 out = {}
 for name, rates in (("two left", (1e-2, 1e30, 3e-3, 1e30)), ("one left", (1e-2, 1e30, 1e30))):

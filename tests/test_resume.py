@@ -1,6 +1,6 @@
 """Interrupting and resuming a run: nothing finished is lost or run twice.
 
-The trials themselves are replaced by a recorder (bench.engine.population.run_trial, which
+The trials themselves are replaced by a recorder (through bench.engine.training.train_unit, which
 runs every unit of one trial), so
 these tests check the run directory bookkeeping without compiling anything; a
 real trial is exercised in test_cli.py.
@@ -45,6 +45,17 @@ class Recorder:
         return [c.key for c in self.configs]
 
 
+def each_member(recorder: Recorder):
+    """The engine's train_unit with each member of a unit trained by `recorder`."""
+    def train_unit(unit, dataset, device_list, protocol, *, peak_flops=None, on_epoch=None):
+        records = [recorder(c, dataset, device_list[0], protocol, peak_flops=peak_flops,
+                            on_epoch=on_epoch) for c in unit.members]
+        for index, record in enumerate(records):
+            record.population = {"group": unit.group, "size": unit.size, "index": index}
+        return records
+    return train_unit
+
+
 @pytest.fixture
 def bench_run(isolated, fake_peak, monkeypatch, tmp_path):
     """bench_run(*flags, interrupt_on=None) -> (exit status, Recorder), on tiny.npz into out/.
@@ -56,7 +67,7 @@ def bench_run(isolated, fake_peak, monkeypatch, tmp_path):
 
     def run(*flags, interrupt_on=None, data=str(npz), out="out", fail=()):
         recorder = Recorder(interrupt_on, fail)
-        monkeypatch.setattr("bench.engine.population.run_trial", recorder)
+        monkeypatch.setattr("bench.engine.training.train_unit", each_member(recorder))
         argv = ["run", *flags] + (["--data", data] if data else []) + (["--out", out] if out else [])
         return main(argv), recorder
     return run

@@ -8,7 +8,7 @@ XLA's cost analysis counts a while-loop body once. A round of training steps is
 a `lax.scan`, so the analysis of the round program gives one step's FLOPs
 (plus the batch permutation, which is negligible). Loops *inside* a step are
 counted once too, so for this count the recurrent model is lowered with its
-time loop unrolled (bench.engine.trial._step_flops).
+time loop unrolled (bench.engine.training.step_flops).
 """
 
 from __future__ import annotations

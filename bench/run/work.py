@@ -119,6 +119,10 @@ def machine_facts(node: str | None = None, *, device=None, calibration: dict | N
         facts["peak_flops"] = calibration.get("peak_flops")
         facts["calibration"] = {k: calibration.get(k)
                                 for k in ("peak_flops", "matrix_size", "measured", "cached")}
+        if calibration.get("busy"):  # measured on a busy machine: not cached, likely too low
+            facts["calibration"].update(busy=True,
+                                        other_cpu_cores=calibration.get("other_cpu_cores"),
+                                        warning=calibration.get("warning"))
     return facts
 
 
@@ -158,10 +162,10 @@ class _Worker:
 
     def run(self, job: Job, on_epoch: OnEpoch | None):
         from bench.engine.devices import platform_devices
-        from bench.engine.population import run_unit
+        from bench.engine.training import train_unit
         dataset = self.dataset(job)
         device_list = platform_devices(self.device, job.devices)
-        return run_unit(job.unit, dataset, device_list, job.protocol,
+        return train_unit(job.unit, dataset, device_list, job.protocol,
                         peak_flops=self.calibration["peak_flops"], on_epoch=on_epoch)
 
 

@@ -4,7 +4,7 @@ A population's compile time, epoch times and throughput belong to all its member
 together; they are shown here, once per population, never as a member's own. The
 speed-up is the members' own epoch times (steps per epoch x their median step time
 from the timed rounds each ran alone) for the steady epochs each trained in, summed,
-over those epochs' wall time (bench.engine.population, `_speedup`).
+over those epochs' wall time (bench.engine.training, `_speedup`).
 """
 
 from __future__ import annotations

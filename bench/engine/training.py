@@ -1,0 +1,615 @@
+"""train_unit: the one training engine. It trains a work unit of any size (a population of
+trials, or a trial alone as a unit of one) into one record per trial.
+
+One loop for every size: build each member from its seed, compile ahead of time, train the
+epochs (evaluating between them, outside the timed region), record each member's history
+and whether it diverged, drop diverged members' rows when that pays, then time each ok
+member's own rounds alone, after training. What differs by size is the compiled program
+only (`_Solo`, `_Vmapped`):
+
+- a unit of one runs bench's specialised program: its values (learning rate, penalties,
+  dropout rate) baked in as constants and no member axis. It measures faster than a
+  population program of one, and it is what a trial's own step time has always been
+  measured with, so solo figures stay comparable with earlier runs and baselines;
+- a population runs one program whose members sit on a vmapped axis (sharded over the
+  devices), their per-member values as inputs.
+
+Honest figures: what members share (compile times, epoch wall times, member-samples per
+second, time to accuracy on that clock) is recorded under the record's `population`, never
+as a member's own; a unit of one records them as its own. A failure that is the whole unit
+running out of memory retries the unit as two halves; any other exception records every
+member `failed` at once, naming the exception and the innermost frame of bench's code.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+import models
+from bench.contract import registry
+from bench.contract.schema import Record, TimingProtocol, TrialConfig, model_options
+from bench.contract.units import Unit, split_evenly
+from bench.engine import costs, devices
+from bench.engine.data import Dataset
+from bench.engine.hostload import LoadMeter
+from bench.engine.steps import (Hyper, Penalty, build_member_program, build_program, injected,
+                                population_program)
+from bench.engine.timing import (CacheHits, compile_ahead, summarize, time_rounds,
+                                 time_to_accuracy, timed_call)
+from models import MODELS
+
+OnEpoch = Callable[[dict], None]
+
+# ---------------------------------------------------------------- a member, its data and keys
+
+
+def build_model(config: TrialConfig) -> nnx.Module:
+    """The configured Flax model, initialised from the trial's seed."""
+    options = {name: getattr(config, name) for name in model_options(config.model)}
+    act = registry.activation(config.activation)
+    family = MODELS[config.model].build_impl(config.impl or "tuned")
+    return family(config.units, act, 10, nnx.Rngs(config.seed), **options)
+
+
+_DEVICE_DATA: dict = {}
+
+
+def place_dataset(dataset: Dataset, device: jax.Device) -> tuple:
+    """The data set's four arrays on `device`, transferred once per process."""
+    cached = _DEVICE_DATA.get(str(device))
+    # Matched by identity, not id(): a freed data set's id is often reused by the next one.
+    if cached is None or cached[0] is not dataset:
+        _DEVICE_DATA.clear()  # keep one data set resident, not every one ever seen
+        arrays = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+        _DEVICE_DATA[str(device)] = (dataset, tuple(jax.device_put(jnp.asarray(a), device)
+                                                    for a in arrays))
+    return _DEVICE_DATA[str(device)][1]
+
+
+def seed_key(config: TrialConfig) -> jax.Array:
+    """A member's PRNG key: from its seed alone, the same in a population as alone. Epoch
+    `i` trains with fold_in(key, i); its timed rounds with ROUND_KEY folded in."""
+    return jax.random.key(config.seed)
+
+
+def seed_keys(configs: list[TrialConfig]) -> jax.Array:
+    """Each member's `seed_key`, stacked on the member axis."""
+    return jax.vmap(jax.random.key)(jnp.asarray([c.seed for c in configs]))
+
+
+ROUND_KEY = 1_000_003
+
+
+def _solo_program(model: nnx.Module, config: TrialConfig, protocol: TimingProtocol):
+    """The specialised program of one trial: its values baked in, no member axis."""
+    tx = registry.optimizer(config.optimizer, config.learning_rate)
+    return build_program(model, tx, config.batch_size, penalty=Penalty(config.l1, config.l2),
+                         uses_dropout=config.dropout > 0, round_steps=protocol.round_steps)
+
+
+# What a model is switched to for its FLOP count: loops unrolled (XLA counts a loop's body
+# once), XLA forms instead of CPU kernels (XLA cannot count inside a custom call).
+COUNTED_FORM = {"unroll": True, "fused_kernel": False}
+
+
+def step_flops(config: TrialConfig, protocol: TimingProtocol, x, y) -> float | None:
+    """FLOPs of one training step of `config`: XLA's count for a round of its specialised
+    program (a scan, so its body: one step), the model in its COUNTED_FORM. Lowered only,
+    never compiled or run; the same count for a member of a population as alone."""
+    model = build_model(config)
+    for name, value in COUNTED_FORM.items():
+        if hasattr(model, name):
+            setattr(model, name, value)
+    program = _solo_program(model, config, protocol)
+    return costs.flops(jax.jit(program.train_round).lower(program.init(), x, y, seed_key(config)))
+
+
+# ---------------------------------------------------------------- entry points and failures
+
+
+def train_unit(unit: Unit, dataset: Dataset, device_list: list[jax.Device],
+               protocol: TimingProtocol = TimingProtocol(), *, peak_flops: float | None = None,
+               on_epoch: OnEpoch | None = None) -> list[Record]:
+    """The records of `unit`'s trials; failures come back as records, never raised.
+
+    `peak_flops` is one device's measured FLOP/s (bench.engine.calibrate), for % of peak;
+    `on_epoch`, if given, is called after each epoch (for progress displays)."""
+    training = _UnitTraining(unit, dataset, device_list, protocol, peak_flops,
+                             on_epoch or (lambda _: None))
+    try:
+        return training.run()
+    except Exception as exc:  # noqa: BLE001 - the members are retried or recorded
+        if unit.size > 1 and out_of_memory(exc):
+            return _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops,
+                                    on_epoch)
+        return training.failed(exc)
+
+
+def run_trial(config: TrialConfig, dataset: Dataset, device: jax.Device,
+              protocol: TimingProtocol = TimingProtocol(), *, peak_flops: float | None = None,
+              on_epoch: OnEpoch | None = None) -> Record:
+    """One trial trained alone: a unit of one."""
+    unit = Unit("alone", (config,), alone=True)
+    [record] = train_unit(unit, dataset, [device], protocol, peak_flops=peak_flops,
+                          on_epoch=on_epoch)
+    return record
+
+
+def out_of_memory(exc: BaseException) -> bool:
+    """Whether `exc` is the unit running out of device or host memory (worth retrying smaller)."""
+    text = str(exc)
+    return (isinstance(exc, (MemoryError, costs.TooLarge)) or "RESOURCE_EXHAUSTED" in text
+            or "out of memory" in text.lower())
+
+
+def failure_text(exc: BaseException) -> str:
+    """The exception's type and message, and the innermost frame of bench's own code."""
+    roots = [Path(__file__).resolve().parents[1], Path(models.__file__).resolve().parent]
+    frames = [f for f in traceback.extract_tb(exc.__traceback__)
+              if any(Path(f.filename).resolve().is_relative_to(root) for root in roots)]
+    where = ""
+    if frames:
+        frame = frames[-1]
+        path = Path(frame.filename).resolve()
+        root = next(r for r in roots if path.is_relative_to(r))
+        where = f" (at {root.name}/{path.relative_to(root)}:{frame.lineno} in {frame.name})"
+    return f"{type(exc).__name__}: {exc}{where}"
+
+
+def _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops, on_epoch):
+    halves = split_evenly(list(unit.members), math.ceil(unit.size / 2))
+    note = (f"population of {unit.size} ran out of memory ({type(exc).__name__}: {exc}); "
+            f"retried as {' and '.join(str(len(h)) for h in halves)}")
+    out = []
+    for half in halves:
+        part = Unit(unit.group, tuple(half), alone=len(half) == 1)
+        for record in train_unit(part, dataset, device_list, protocol, peak_flops=peak_flops,
+                                 on_epoch=on_epoch):
+            record.population = {**(record.population or {}), "retry": note}
+            out.append(record)
+    return out
+
+
+# ---------------------------------------------------------------- the two program forms
+
+
+class _Solo:
+    """One trial's specialised program (values baked in, no member axis): one row."""
+
+    def __init__(self, configs: list[TrialConfig], dataset: Dataset,
+                 device_list: list[jax.Device], protocol: TimingProtocol):
+        [self.config] = configs
+        self.device, self.protocol, self.dataset = device_list[0], protocol, dataset
+        self.rows = [0]
+        self.device_count = 1
+        self.data = place_dataset(dataset, self.device)
+        self.program = _solo_program(build_model(self.config), self.config, protocol)
+        self.state = jax.device_put(self.program.init(), self.device)
+        self.key = seed_key(self.config)
+
+    def compile(self) -> dict:
+        x, y, x_test, y_test = self.data
+        self.epoch_program, compile_s = compile_ahead(self.program.train_epoch, self.state,
+                                                      x, y, self.key, donate_argnums=0)
+        self.evaluate_program, eval_s = compile_ahead(self.program.evaluate, self.state.params,
+                                                      x_test, y_test)
+        self.round_program, round_s = compile_ahead(self.program.train_round, self.state, x, y,
+                                                    self.key, donate_argnums=0)
+        self.program_memory = costs.program_memory(self.epoch_program)
+        return {"compile_s": compile_s, "eval_compile_s": eval_s, "round_compile_s": round_s}
+
+    def train_epoch(self, rows_active: np.ndarray, index: int):
+        x, y = self.data[:2]
+        (self.state, loss, acc), seconds = timed_call(
+            self.epoch_program, self.state, x, y, jax.random.fold_in(self.key, index))
+        return np.atleast_1d(loss), np.atleast_1d(acc), seconds
+
+    def evaluate(self):
+        losses, accs = self.evaluate_program(self.state.params, *self.data[2:])
+        return np.atleast_1d(losses), np.atleast_1d(accs)
+
+    def member_round(self, member: int):
+        """(a round program taking (state, x, y, key), the member's trained state)."""
+        return self.round_program, self.state
+
+    def params(self) -> int:
+        return sum(p.size for p in jax.tree.leaves(self.state.params))
+
+
+class _Vmapped:
+    """A population's program: the members on a vmapped axis sharded over the devices, their
+    per-member values as inputs; rows are members, then padding up to the mesh."""
+
+    def __init__(self, configs: list[TrialConfig], dataset: Dataset,
+                 device_list: list[jax.Device], protocol: TimingProtocol):
+        self.members, self.first, self.protocol = configs, configs[0], protocol
+        self.dataset, self.device_list, self.device = dataset, device_list, device_list[0]
+        self._lay_out(list(range(len(configs))))
+        padded = self._padded_members()
+        models = [build_model(c) for c in padded]  # each member's seed: its initial weights
+        # The CPU LSTM kernel takes the population axis itself (models/fused_lstm.py): the
+        # one form measured faster than training the members one at a time.
+        self.member = self._member_program(models[0])
+        self.program = population_program(self.member)
+        params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(m)[1] for m in models))
+        hyper = self._hyper(padded)
+        keys = seed_keys(padded)
+        state = jax.jit(self.program.init)(params, hyper)
+        self.data = devices.replicate(place_dataset(dataset, self.device), self.mesh)
+        self.state, self.hyper, self.keys = devices.shard_members((state, hyper, keys), self.mesh)
+        self._fold = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+    def _lay_out(self, members: list[int]) -> None:
+        """The program's rows: these members (indices into `self.members`) in order, then
+        padding up to a multiple of the mesh's devices."""
+        self.rows = members
+        self.mesh = devices.population_mesh(self.device_list, len(members))
+        self.padded = devices.padded_size(len(members), self.mesh)
+
+    @property
+    def device_count(self) -> int:
+        return self.mesh.size if self.mesh else 1
+
+    def _padded_members(self) -> list[TrialConfig]:
+        """The members, then copies of the last one up to a multiple of the devices (never
+        recorded: they only fill the mesh)."""
+        return list(self.members) + [self.members[-1]] * (self.padded - len(self.members))
+
+    def _hyper(self, configs) -> Hyper:
+        """The members' per-member values as arrays."""
+        column = lambda name: jnp.asarray([getattr(c, name) for c in configs], jnp.float32)  # noqa: E731
+        return Hyper(learning_rate=column("learning_rate"), l1=column("l1"), l2=column("l2"),
+                     dropout=column("dropout") if self.first.dropout > 0 else None)
+
+    def _member_program(self, model: nnx.Module):
+        graphdef, _ = nnx.split(model)
+        tx_of = injected(registry.OPTIMIZERS[self.first.optimizer].make)
+        return build_member_program(graphdef, tx_of, self.first.batch_size,
+                                    penalized=any(c.l1 or c.l2 for c in self.members),
+                                    uses_dropout=self.first.dropout > 0,
+                                    round_steps=self.protocol.round_steps)
+
+    def compile(self) -> dict:
+        figures = self._compile_population()
+        one = self._member_state(0)
+        x, y = place_dataset(self.dataset, self.device)[:2]
+        key = jax.device_put(self.keys[0], self.device)
+        self.round_program, figures["round_compile_s"] = compile_ahead(
+            self.member.train_round, one, self._member_hyper(0), x, y, key, donate_argnums=0)
+        self.program_memory = costs.program_memory(self.epoch_program)
+        costs.check_fits(self.program_memory, self.device, f"a population of {self.padded}")
+        return figures
+
+    def _compile_population(self) -> dict:
+        """The epoch and evaluation programs for the current rows, and their compile seconds."""
+        x, y, x_test, y_test = self.data
+        active = devices.shard_members(jnp.ones(self.padded, bool), self.mesh)
+        self.epoch_program, compile_s = compile_ahead(self.program.train_epoch, self.state,
+                                                      self.hyper, active, x, y, self.keys,
+                                                      donate_argnums=0)
+        self.evaluate_program, eval_s = compile_ahead(self.program.evaluate, self.state.params,
+                                                      x_test, y_test)
+        return {"compile_s": compile_s, "eval_compile_s": eval_s}
+
+    def train_epoch(self, rows_active: np.ndarray, index: int):
+        padding = np.ones(self.padded - len(self.rows), bool)  # trains on: a real member's values
+        active = devices.shard_members(jnp.asarray(np.concatenate([rows_active, padding])),
+                                       self.mesh)
+        keys = devices.shard_members(self._fold(self.keys, index), self.mesh)
+        (self.state, losses, accs), seconds = timed_call(
+            self.epoch_program, self.state, self.hyper, active, *self.data[:2], keys)
+        return np.asarray(losses), np.asarray(accs), seconds
+
+    def evaluate(self):
+        return tuple(np.asarray(v) for v in self.evaluate_program(self.state.params,
+                                                                  *self.data[2:]))
+
+    def shrink(self, live: list[int]) -> dict:
+        """The population of `live` members only: their rows of the state, values and keys
+        gathered, laid out anew (the data placed again only if the devices changed), and the
+        two programs compiled for it; returns their compile figures."""
+        rows = np.asarray([self.rows.index(m) for m in live])
+        devices_before = self.device_count
+        self._lay_out(live)
+        rows = np.concatenate([rows, np.repeat(rows[-1], self.padded - len(live))])
+        self.state, self.hyper, self.keys = (
+            self._place(jax.tree.map(lambda leaf: leaf[rows], tree))
+            for tree in (self.state, self.hyper, self.keys))
+        if self.device_count != devices_before:  # else the data is in place already
+            self.data = devices.replicate(place_dataset(self.dataset, self.device), self.mesh)
+        return self._compile_population()
+
+    def _place(self, tree):
+        if self.mesh is None:
+            return jax.device_put(tree, self.device)
+        return devices.shard_members(tree, self.mesh)
+
+    def _member_state(self, row: int):
+        return jax.device_put(jax.tree.map(lambda leaf: leaf[row], self.state), self.device)
+
+    def _member_hyper(self, member: int) -> Hyper:
+        hyper = self._hyper(self.members)
+        return jax.device_put(jax.tree.map(lambda leaf: leaf[member], hyper), self.device)
+
+    def member_round(self, member: int):
+        one_hyper = self._member_hyper(member)
+        train_round = lambda s, xs, ys, k: self.round_program(s, one_hyper, xs, ys, k)  # noqa: E731
+        return train_round, self._member_state(self.rows.index(member))
+
+    def params(self) -> int:
+        return sum(leaf.size for leaf in jax.tree.leaves(self._member_state(0).params))
+
+
+# ---------------------------------------------------------------- the one training loop
+
+
+class _UnitTraining:
+    """One unit's compiles, epochs, divergence, retiring and members' timed rounds."""
+
+    def __init__(self, unit: Unit, dataset: Dataset, device_list: list[jax.Device],
+                 protocol: TimingProtocol, peak_flops: float | None, on_epoch: OnEpoch):
+        self.unit, self.members, self.protocol = unit, list(unit.members), protocol
+        self.first, self.dataset, self.device_list = unit.members[0], dataset, device_list
+        self.peak_flops, self.on_epoch = peak_flops, on_epoch
+        self.alone = unit.size == 1
+        self.records = [Record(config=c, train_examples=len(dataset.y_train),
+                               test_examples=len(dataset.y_test),
+                               steps_per_epoch=len(dataset.y_train) // c.batch_size)
+                        for c in self.members]
+        self.shared: dict = {"group": unit.group, "size": unit.size}
+        self.start = time.perf_counter()
+
+    def run(self) -> list[Record]:
+        if self.first.batch_size > len(self.dataset.y_train):
+            raise ValueError(f"batch size {self.first.batch_size} exceeds the "
+                             f"{len(self.dataset.y_train)} training examples")
+        with jax.default_device(self.device_list[0]), \
+                costs.TrialMemory(self.device_list[0]) as memory:
+            self._build_and_compile()
+            self._train()
+        self.shared["memory"] = {"program": self.form.program_memory, **memory.figures()}
+        self._time_members()
+        self.shared["wall_s"] = round(time.perf_counter() - self.start, 3)
+        self._finish()
+        return self.records
+
+    def failed(self, exc: BaseException) -> list[Record]:
+        """Every member recorded `failed`, with what it had done so far."""
+        for record in self.records:
+            record.status, record.error = "failed", failure_text(exc)
+            record.traceback = "".join(traceback.format_exception(exc, limit=8))
+            record.population = {"group": self.unit.group, "size": self.unit.size,
+                                 "index": self.records.index(record)}
+        if self.alone:
+            self.records[0].wall_s = round(time.perf_counter() - self.start, 3)
+        return self.records
+
+    # ------------------------------------------------------------ building
+
+    def _build_and_compile(self) -> None:
+        form = _Solo if self.alone else _Vmapped
+        self.form = form(self.members, self.dataset, self.device_list, self.protocol)
+        self.shared["devices"] = self.form.device_count
+        with CacheHits() as cache:
+            compiled = self.form.compile()
+        self.shared |= {name: round(seconds, 4) for name, seconds in compiled.items()}
+        self.shared["compile_cache_hits"] = cache.hits
+        x, y = place_dataset(self.dataset, self.device_list[0])[:2]
+        flops = step_flops(self.first, self.protocol, x, y)
+        params = self.form.params()
+        for record in self.records:
+            record.params, record.flops_per_step = params, flops
+
+    # ------------------------------------------------------------ training
+
+    def _train(self) -> None:
+        active = np.ones(self.unit.size, bool)  # per member: trains on (False once diverged)
+        epoch_s, samples, trained = [], [], []
+        for index in range(self.first.epochs):
+            training = active.copy()
+            losses, accs, seconds = self.form.train_epoch(training[self.form.rows], index)
+            test_losses, test_accs = self.form.evaluate()
+            epoch_s.append(round(seconds, 4))
+            trained.append(int(training.sum()))
+            samples.append(trained[-1] * self.records[0].steps_per_epoch * self.first.batch_size
+                           / seconds)
+            rows = [(row, m) for row, m in enumerate(self.form.rows) if training[m]]
+            for row, member in rows:
+                active[member] = self._after_epoch(
+                    self.records[member], index, float(losses[row]), float(accs[row]),
+                    float(test_losses[row]), float(test_accs[row]), seconds)
+            self._report_epoch(index, trained[-1], [test_accs[row] for row, _ in rows])
+            if not active.any():
+                break
+            self._maybe_retire([m for m in self.form.rows if active[m]], seconds, index)
+        self.shared |= {"epoch_s": epoch_s, "first_epoch_s": epoch_s[0],
+                        "steady_epoch_s": steady(epoch_s), "members_per_epoch": trained,
+                        "member_samples_per_s": round(float(np.median(samples[1:] or samples)), 1)}
+
+    def _after_epoch(self, record: Record, index: int, loss: float, acc: float,
+                     test_loss: float, test_acc: float, seconds: float) -> bool:
+        """Appends the member's epoch; returns whether it trains on (False once diverged)."""
+        clock = "epoch_s" if self.alone else "population_epoch_s"  # shared time says so
+        record.history.append({"epoch": index + 1, "train_loss": loss, "train_accuracy": acc,
+                               "test_loss": test_loss, "test_accuracy": test_acc,
+                               clock: round(seconds, 4)})
+        record.test_loss, record.test_accuracy = test_loss, test_acc
+        if not (math.isfinite(loss) and math.isfinite(test_loss)):
+            record.status = "diverged"
+            return False
+        return True
+
+    def _report_epoch(self, index: int, members: int, test_accs: list) -> None:
+        if self.alone:
+            self.on_epoch(self.records[0].history[-1])
+        else:
+            self.on_epoch({"epoch": index + 1, "members": members,
+                           "test_accuracy": float(max(test_accs))})
+
+    def _maybe_retire(self, live: list[int], seconds: float, index: int) -> None:
+        """Drops diverged members' rows where the epochs left would cost more than compiling
+        the programs again for fewer rows (a trial alone has simply stopped)."""
+        form = self.form
+        if self.alone or len(live) == len(form.rows):
+            return
+        after = devices.padded_size(len(live), devices.population_mesh(self.device_list,
+                                                                         len(live)))
+        latest = (self.shared.get("retired") or [self.shared])[-1]
+        if not worth_retiring(form.padded, after, seconds, self.first.epochs - index - 1,
+                              latest["compile_s"] + latest["eval_compile_s"]):
+            return
+        with CacheHits() as cache:
+            compiled = form.shrink(live)
+        self.shared.setdefault("retired", []).append(
+            {"after_epoch": index + 1, "members": len(live), "padded": form.padded,
+             "devices": form.device_count, "compile_s": round(compiled["compile_s"], 4),
+             "eval_compile_s": round(compiled["eval_compile_s"], 4),
+             "compile_cache_hits": cache.hits})
+
+    # ------------------------------------------------------------ members alone
+
+    def _time_members(self) -> None:
+        """Each ok member's own timed rounds, alone, after training and evaluation."""
+        x, y = place_dataset(self.dataset, self.device_list[0])[:2]
+        for index, record in enumerate(self.records):
+            if record.status != "ok":
+                continue
+            train_round, state = self.form.member_round(index)
+            time_alone(train_round, state, x, y, seed_key(record.config), self.protocol, record)
+            round_figures(record, record.config, self.protocol, self.peak_flops)
+
+    def _finish(self) -> None:
+        """A unit of one keeps its figures as its own; a population's members get the shared
+        ones under `population`, with their index, their clock's time to accuracy and the
+        group's speed-up over training one at a time."""
+        if self.alone:
+            self._finish_alone(self.records[0])
+            return
+        shared = dict(self.shared, speedup=self._speedup(), **self._throughput())
+        for index, record in enumerate(self.records):
+            clock = [{**h, "epoch_s": h["population_epoch_s"]} for h in record.history]
+            tta = time_to_accuracy(clock, self.protocol.targets, shared["compile_s"])
+            tta = with_recompiles(tta, shared.get("retired", []))
+            record.population = {**shared, "index": index, "time_to_accuracy": tta}
+
+    def _finish_alone(self, record: Record) -> None:
+        shared = self.shared
+        record.compile_s, record.eval_compile_s = shared["compile_s"], shared["eval_compile_s"]
+        record.round_compile_s = shared["round_compile_s"]
+        record.compile_cache_hits = shared["compile_cache_hits"]
+        record.memory = dict(shared["memory"])
+        record.epoch_s = list(shared["epoch_s"])
+        record.first_epoch_s, record.steady_epoch_s = shared["first_epoch_s"], shared["steady_epoch_s"]
+        record.time_to_accuracy = time_to_accuracy(record.history, self.protocol.targets,
+                                                   record.compile_s or 0.0)
+        record.wall_s = shared["wall_s"]
+        record.population = {"group": self.unit.group, "size": 1, "index": 0}
+
+    def _steady_epochs(self) -> tuple[list[int], float]:
+        """The epochs the steady figures cover, those after the first (else the only one),
+        and their wall time."""
+        epochs = list(range(1, len(self.shared["epoch_s"]))) or [0]
+        return epochs, sum(self.shared["epoch_s"][e] for e in epochs)
+
+    def _throughput(self) -> dict:
+        """The population's FLOP/s over its steady epochs, counting the members that trained
+        in each (not masked or padding rows), and their share of the peak of every device
+        it ran on (the calibrated peak is one device's)."""
+        flops = self.records[0].flops_per_step
+        epochs, seconds = self._steady_epochs()
+        if not (flops and seconds):
+            return {}
+        member_epochs = sum(self.shared["members_per_epoch"][e] for e in epochs)
+        achieved = round(flops * self.records[0].steps_per_epoch * member_epochs / seconds, 1)
+        peak = self.peak_flops * self.shared["devices"] if self.peak_flops else None
+        return {"achieved_flops": achieved,
+                "peak_fraction": round(achieved / peak, 4) if peak else None}
+
+    def _speedup(self) -> float | None:
+        """How much faster the population's steady epochs went than its members would have
+        one at a time: each member's own epoch time (steps x its median step time, from its
+        timed rounds) for every steady epoch it trained in, summed, over the epochs' wall
+        time. Alone, a diverged member stops after the epoch it diverged in, so it counts
+        for the epochs up to that one only, at the timed members' mean (it has no timed
+        rounds); the population's cost of carrying it on, masked, shows as a lower figure."""
+        own = [r.steps_per_epoch * r.step_ms / 1000 if r.step_ms else None for r in self.records]
+        timed = [t for t in own if t is not None]
+        epochs, seconds = self._steady_epochs()
+        if not timed or not seconds:
+            return None
+        mean = sum(timed) / len(timed)
+        alone = sum(mean if t is None else t
+                    for t, record in zip(own, self.records) for e in epochs
+                    if e < len(record.history))
+        return round(alone / seconds, 2)
+
+
+# ---------------------------------------------------------------- figures and policies
+
+
+def time_alone(train_round, state, x, y, key, protocol: TimingProtocol, record: Record) -> None:
+    """Burn-in, then `repeats` synchronised rounds on the trained state (after evaluation)."""
+    box = [state]
+    round_key = jax.random.fold_in(key, ROUND_KEY)
+
+    def one_round():
+        box[0], loss, _ = train_round(box[0], x, y, round_key)
+        return box[0], loss
+
+    with LoadMeter() as load:
+        record.rounds_s = [round(t, 5) for t in
+                           time_rounds(one_round, repeats=protocol.repeats, burn_in=protocol.burn_in)]
+    record.other_cpu_cores, record.busy = load.other_cores(), load.busy()
+
+
+def steady(epoch_s: list[float]) -> float:
+    """The steady epoch time: the median of the epochs after the first (the first alone)."""
+    return round(statistics.median(epoch_s[1:] or epoch_s), 4)
+
+
+def round_figures(record: Record, config: TrialConfig, protocol: TimingProtocol,
+                  peak_flops: float | None) -> None:
+    """Round statistics, step time, samples/s, FLOP/s and % of peak from the timed rounds."""
+    record.round_steps = min(protocol.round_steps, record.steps_per_epoch)
+    if not record.rounds_s:
+        return
+    record.round_stats = {k: (round(v, 6) if isinstance(v, float) else v)
+                          for k, v in summarize(record.rounds_s).items()}
+    step_s = record.round_stats["median"] / record.round_steps
+    record.step_ms = round(1000 * step_s, 4)
+    record.samples_per_s = round(config.batch_size / step_s, 1)
+    if record.flops_per_step:
+        record.achieved_flops = round(record.flops_per_step / step_s, 1)
+        if peak_flops:
+            record.peak_fraction = round(record.achieved_flops / peak_flops, 4)
+
+
+def worth_retiring(rows_now: int, rows_after: int, epoch_s: float, epochs_left: int,
+                   compile_s: float) -> bool:
+    """Whether to drop diverged members' rows for the epochs left: the epoch time they
+    cost (taken as proportional to the rows, as on a CPU; an accelerator with room to
+    spare saves less) against compiling the two programs again for fewer rows."""
+    if epochs_left <= 0 or rows_after >= rows_now:
+        return False
+    return epoch_s * (1 - rows_after / rows_now) * epochs_left > compile_s
+
+
+def with_recompiles(tta: dict, retired: list[dict]) -> dict:
+    """Time to accuracy on the population's clock, the recompiles after retiring members
+    added to `with_compile_s` of each target first reached after them."""
+    def hit_after(hit: dict | None) -> dict | None:
+        if hit is None:
+            return None
+        extra = sum(r["compile_s"] for r in retired if r["after_epoch"] < hit["epoch"])
+        return {**hit, "with_compile_s": round(hit["with_compile_s"] + extra, 4)}
+    return {target: hit_after(hit) for target, hit in tta.items()}
