@@ -250,7 +250,7 @@ def test_a_worker_with_other_data_refuses_the_job(tmp_path, fresh_worker, monkey
     def no_trial(*args, **kwargs):
         pytest.fail("trained on data the driver does not have")
 
-    monkeypatch.setattr("bench.engine.population.run_unit", no_trial)
+    monkeypatch.setattr("bench.engine.training.train_unit", no_trial)
     npz = write_npz(tmp_path / "tiny.npz", n_train=256)
     driver = {"name": "tiny", "source": "npz", "location": str(npz), "train_examples": 512,
               "test_examples": 64}
@@ -462,7 +462,7 @@ def fake_ray(isolated, tmp_path, fresh_worker, fake_peak, monkeypatch):
                        population={"group": unit.group, "size": unit.size, "index": i})
                 for i, c in enumerate(unit.members)]
 
-    monkeypatch.setattr("bench.engine.population.run_unit", instant)
+    monkeypatch.setattr("bench.engine.training.train_unit", instant)
     monkeypatch.setitem(sys.modules, "ray", FakeRay)  # `from ray import exceptions`
     npz = write_npz(tmp_path / "tiny.npz")
     dataset = load_dataset(str(npz), "tiny")
@@ -528,6 +528,73 @@ def test_units_go_to_the_workers_and_failures_become_records(fake_ray):
     assert [e[3] for e in events.seen if e[0] == "finished"] == [1, 1, 1, 1]
     assert [u["node"] for u in executor.units] == ["alpha:aaaaaa", "beta:bbbbbb",
                                                    "alpha:aaaaaa", "beta:bbbbbb"]
+
+
+class LazyRef:
+    """A FakeRef whose call runs when the driver first looks at it (ray.get), as a real
+    actor's facts are computed while the driver goes on."""
+
+    def __init__(self, call):
+        self._call, self._ref = call, None
+
+    def _done(self) -> FakeRef:
+        if self._ref is None:
+            self._ref = FakeRef(self._call)
+        return self._ref
+
+    @property
+    def value(self):
+        return self._done().value
+
+    @property
+    def error(self):
+        return self._done().error
+
+
+def test_a_nodes_first_worker_calibrates_before_its_others_start(fake_ray, monkeypatch):
+    """--tasks-per-node 2 on two nodes: each node's second worker is created only once the
+    first workers have their facts (calibrated), and reads the cached peak instead of
+    measuring again, --recalibrate or not; the run still reports the first worker's."""
+    executor, template, calls, _ = fake_ray
+    executor.tasks_per_node = 2
+    log, jobs = [], []
+
+    def new_actor(slot):
+        actor = FakeActor(slot)
+        probe = actor.facts.remote
+
+        def facts(job):
+            jobs.append((slot.label, job.recalibrate))
+            return LazyRef(lambda: log.append(("facts", slot.label)) or probe(job).value)
+
+        actor.facts = SimpleNamespace(remote=facts)
+        log.append(("new", slot.label))
+        return actor
+
+    monkeypatch.setattr(executor, "_new_actor", new_actor)
+    facts = executor.start_workers(template)
+
+    firsts, seconds = ["alpha:aaaaaa", "beta:bbbbbb"], ["alpha:aaaaaa#1", "beta:bbbbbb#1"]
+    assert log == ([("new", w) for w in firsts] + [("facts", w) for w in firsts]
+                   + [("new", w) for w in seconds] + [("facts", w) for w in seconds])
+    assert jobs == [(w, True) for w in firsts] + [(w, False) for w in seconds]
+    assert len(calls) == 1  # measured by the first workers' (shared, here) process only
+    assert [f["calibration"]["cached"] for f in facts] == [False, False, True, True]
+    assert executor.warnings == []
+
+
+def test_workers_that_calibrated_on_a_busy_machine_are_named(fake_ray, monkeypatch):
+    """The run shows its first worker's calibration warning; the other workers' busy
+    calibrations become executor warnings naming the worker."""
+    executor, template, calls, _ = fake_ray
+    busy = {**FAKE_PEAK, "busy": True, "other_cpu_cores": 0.9}
+    monkeypatch.setattr("bench.engine.calibrate.measure_peak", lambda device, **_: dict(busy))
+    monkeypatch.setattr(work, "_WORKERS", {})
+    facts = executor.start_workers(dataclasses.replace(template, recalibrate=False))
+    assert facts[0]["calibration"]["busy"] is True
+    assert "measured while the machine was busy" in facts[0]["calibration"]["warning"]
+    (warning,) = executor.warnings  # the second node's (one process here: the same figure)
+    assert warning.startswith("worker on beta:bbbbbb: peak measured while the machine was busy")
 
 
 def test_no_node_to_run_on_is_an_error_naming_the_resources(fake_ray):

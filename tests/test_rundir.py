@@ -139,6 +139,167 @@ def test_the_lock_dies_with_its_holder(tmp_path):
     assert holder["pid"] == os.getpid()
 
 
+# ---------------------------------------------------------------- a new --out: who creates, who removes
+
+
+def lock_is_held(lock_file: Path) -> bool:
+    """Whether some open file description holds `lock_file`'s flock (tried without waiting)."""
+    import fcntl
+    fd = os.open(lock_file, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        return False
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)
+
+
+@pytest.fixture
+def tiny_sweep():
+    from bench.contract.schema import make_config
+    from bench.contract.sweepfile import Sweep
+    trial = make_config({"model": "dense", "units": 4, "activation": "relu", "optimizer": "sgd",
+                         "epochs": 1})
+    return Sweep(name="race", trials=(trial,))
+
+
+def run_into(out: Path, sweep, npz: Path) -> int:
+    from bench.run.runner import RunOptions, run_sweep
+    return run_sweep(sweep, RunOptions(out=out, data=str(npz), dataset="tiny"),
+                     ["run", "--out", str(out)])
+
+
+def before_mkdir_of(monkeypatch, target: Path, action) -> list:
+    """Runs `action` once, just before the first mkdir of `target` (another process's move
+    between this one's steps); the list records that it ran."""
+    ran, real_mkdir = [], Path.mkdir
+
+    def mkdir(self, *args, **kwargs):
+        if self == target and not ran:
+            ran.append(True)
+            action()
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", mkdir)
+    return ran
+
+
+def test_a_run_that_loses_the_race_into_a_new_out_leaves_the_winners_directory(
+        isolated, tmp_path, tiny_npz, tiny_sweep, monkeypatch):
+    """Two runs into the same new --out: the other one creates and locks it just before this
+    one's mkdir. This one is refused, and the winner's directory and lock stay."""
+    out = tmp_path / "out"
+    winner = lock_run_dir(out, command="the winner")
+    ran = before_mkdir_of(monkeypatch, out, winner.__enter__)
+    try:
+        with pytest.raises(RunDirBusy, match="the winner"):
+            run_into(out, tiny_sweep, tiny_npz)
+        assert ran, "the race was not staged: run_sweep never made the directory"
+        assert (out / results.LOCK).exists() and lock_is_held(out / results.LOCK)
+        results.write_header(out, {"run_id": "the winner's"})  # the winner goes on
+    finally:
+        winner.__exit__(None, None, None)
+    assert results.read_header(out) == {"run_id": "the winner's"}
+
+
+def test_a_creator_that_loses_the_lock_removes_nothing(tmp_path, monkeypatch):
+    """This process makes the new directory, but another locks it first: busy, and the
+    directory (now the other's) stays."""
+    import fcntl
+    out = tmp_path / "out"
+    other, real_flock = lock_run_dir(out, command="the other"), fcntl.flock
+    ran = []
+
+    def flock(fd, operation):
+        if not ran:  # this process's first lock attempt: the other one gets there first
+            ran.append(True)
+            other.__enter__()
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    try:
+        with pytest.raises(RunDirBusy, match="the other"), lock_run_dir(out, discard_unused=True):
+            pass
+        assert ran and (out / results.LOCK).exists() and lock_is_held(out / results.LOCK)
+    finally:
+        other.__exit__(None, None, None)
+    assert out.is_dir()
+
+
+def test_a_new_directory_with_no_run_in_it_is_removed_while_still_locked(tmp_path, monkeypatch):
+    out = tmp_path / "out"
+    seen = []
+    real_rmtree = results.shutil.rmtree
+
+    def rmtree(path, **kwargs):  # renamed away, its lock still held
+        seen.append((Path(path).parent == tmp_path, lock_is_held(Path(path) / results.LOCK)))
+        return real_rmtree(path, **kwargs)
+
+    monkeypatch.setattr(results.shutil, "rmtree", rmtree)
+    with lock_run_dir(out, discard_unused=True):
+        assert out.is_dir()
+    assert seen == [(True, True)]
+    assert list(tmp_path.iterdir()) == []  # nothing left, not even the renamed directory
+
+
+def test_only_an_unused_new_directory_is_removed(tmp_path):
+    used, existing, kept = tmp_path / "used", tmp_path / "existing", tmp_path / "kept"
+    with lock_run_dir(used, discard_unused=True):
+        results.write_header(used, {"a": 1})  # a run was written: it stays
+    existing.mkdir()
+    with lock_run_dir(existing, discard_unused=True):
+        pass  # not made by this call: it stays
+    with lock_run_dir(kept):
+        pass  # discard_unused not asked for
+    assert [p.name for p in used.iterdir()] == [results.HEADER]
+    assert existing.is_dir() and list(existing.iterdir()) == []
+    assert kept.is_dir()
+    made = new_run_dir(tmp_path / "reports", NOW)
+    with lock_run_dir(made, discard_unused=True, created=True):
+        pass  # the caller made it (new_run_dir)
+    assert not made.exists()
+
+
+def test_a_run_that_fails_before_its_header_leaves_no_new_directory(
+        isolated, tmp_path, tiny_npz, tiny_sweep, monkeypatch):
+    def fail(sweep, options, argv, run_dir):
+        assert lock_is_held(run_dir / results.LOCK)
+        raise RuntimeError("failed before run.json")
+
+    monkeypatch.setattr("bench.run.runner._run_locked", fail)
+    with pytest.raises(RuntimeError, match="before run.json"):
+        run_into(tmp_path / "out", tiny_sweep, tiny_npz)
+    assert not (tmp_path / "out").exists()
+    (tmp_path / "mine").mkdir()  # a directory the user made is kept, empty or not
+    with pytest.raises(RuntimeError, match="before run.json"):
+        run_into(tmp_path / "mine", tiny_sweep, tiny_npz)
+    assert (tmp_path / "mine").is_dir()
+
+
+def test_a_process_arriving_while_the_creator_discards_gets_a_fresh_directory(tmp_path,
+                                                                             monkeypatch):
+    """A process opens the lock file of a new directory whose creator then discards it
+    unused (renamed away under the lock); once it gets that lock, it finds the path names no
+    file, and starts over in a fresh directory of its own, which it may discard in turn."""
+    import fcntl
+    out = tmp_path / "out"
+    creator = lock_run_dir(out, discard_unused=True)
+    creator.__enter__()
+    real_flock, ran = fcntl.flock, []
+
+    def flock(fd, operation):
+        if not ran:  # opened the creator's file; the creator finishes before the lock is tried
+            ran.append(True)
+            creator.__exit__(None, None, None)
+        return real_flock(fd, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock)
+    with lock_run_dir(out, discard_unused=True):
+        assert ran and out.is_dir() and lock_is_held(out / results.LOCK)
+    assert not out.exists() and list(tmp_path.iterdir()) == []
+
+
 # ---------------------------------------------------------------- new directories
 
 
@@ -352,7 +513,9 @@ def test_concurrent_cache_writers_keep_every_entry(isolated):
 
 
 def test_cache_leaves_no_temporary_file(isolated, fake_peak, cpu):
+    import socket
     from bench.engine.calibrate import calibration
     calibration(cpu, use_cache=False)
-    assert sorted(p.name for p in cache_path().parent.iterdir()) == ["calibration.json",
-                                                                     "calibration.json.lock"]
+    names = sorted(p.name for p in cache_path().parent.iterdir())
+    assert names[:2] == ["calibration.json", "calibration.json.lock"]  # the cache and its lock
+    assert names[2:] == [f"calibration.measuring.{socket.gethostname()}.lock"]  # the node's

@@ -3,7 +3,9 @@
 Each record is appended, flushed and fsynced as its trial ends, so an
 interruption loses at most the trial in flight. Readers skip a torn last line.
 One process writes a run directory at a time: it holds an exclusive lock on
-`.lock` inside it for the whole run (lock_run_dir).
+`.lock` inside it for the whole run (lock_run_dir). Whether the directory is new
+is decided by the atomic mkdir of the process that creates it, and only that
+process removes it again (when no run was written in it), while holding its lock.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import os
 import platform
 import secrets
 import shlex
+import shutil
 import socket
 import subprocess
 import sys
@@ -75,47 +78,79 @@ def new_run_dir(root: Path, now: dt.datetime | None = None) -> Path:
 
 
 @contextlib.contextmanager
-def lock_run_dir(run_dir: Path, command: str | None = None) -> Iterator[Path]:
+def lock_run_dir(run_dir: Path, command: str | None = None, *, discard_unused: bool = False,
+                 created: bool = False) -> Iterator[Path]:
     """Holds the run directory's exclusive lock for the duration; RunDirBusy if another process has it.
 
     The lock is an flock on run_dir/.lock, so the kernel frees it when the holder dies,
     even by SIGKILL. The file records the holder (pid, host, start, `command`, by default
     sys.argv) for the message another process gets.
+
+    With `discard_unused`, a directory that this call created (or, with `created`, that
+    the caller has just made with new_run_dir) is removed at the end if no run.json was
+    written in it. That is decided and done while the lock is held, and only by the
+    process whose mkdir made the directory: one that lost the race into a new directory
+    gets RunDirBusy and removes nothing.
     """
-    run_dir = _usable_dir(Path(run_dir))
-    fd = _acquire(run_dir)
+    run_dir = Path(run_dir)
+    fd, made = _acquire(run_dir)
     try:
         _write_holder(fd, command)
         yield run_dir
     finally:
+        if discard_unused and (made or created) and not (run_dir / HEADER).exists():
+            _discard(run_dir)  # still locked: nobody else can have started a run in it
         # Unlinked while still locked: a process that opened this file meanwhile finds,
         # once it gets the lock, that the path no longer names it, and starts over.
         # Only if the path still names our file: never remove another process's lock.
-        if _names(run_dir / LOCK, fd):
+        elif _names(run_dir / LOCK, fd):
             with contextlib.suppress(OSError):
                 os.unlink(run_dir / LOCK)
         os.close(fd)
 
 
-def _usable_dir(run_dir: Path) -> Path:
-    """`run_dir`, created if missing; RunDirError if it is not a writable directory."""
-    if run_dir.exists() and not run_dir.is_dir():
-        raise RunDirError(f"{run_dir} is a file, not a run directory; give another --out")
+def _discard(run_dir: Path) -> None:
+    """Removes an unused run directory whose lock this process holds.
+
+    It is first renamed away (atomically), so that a process arriving meanwhile finds no
+    directory and creates a fresh one, rather than locking a file inside one being deleted.
+    """
+    trash = run_dir.with_name(f".{run_dir.name}.discarded-{os.getpid()}-{secrets.token_hex(4)}")
     try:
-        run_dir.mkdir(parents=True, exist_ok=True)
+        os.rename(run_dir, trash)
+    except OSError:
+        return  # left in place: an empty directory is harmless
+    shutil.rmtree(trash, ignore_errors=True)
+
+
+def _usable_dir(run_dir: Path) -> bool:
+    """Creates `run_dir` if missing, and says whether this call created it (mkdir is
+    atomic: of two processes, one alone creates it); RunDirError if it is not a writable
+    directory."""
+    try:
+        run_dir.mkdir(parents=True)
+        made = True
+    except FileExistsError:
+        made = False
     except OSError as exc:
         raise _cannot("create", run_dir, exc) from None
+    if not run_dir.is_dir():
+        raise RunDirError(f"{run_dir} is a file, not a run directory; give another --out")
     if not os.access(run_dir, os.W_OK | os.X_OK):
         raise RunDirError(f"{run_dir} is not writable; give another --out")
-    return run_dir
+    return made
 
 
-def _acquire(run_dir: Path) -> int:
-    """An open descriptor of run_dir/.lock, exclusively locked; RunDirBusy if held elsewhere."""
-    path = run_dir / LOCK
+def _acquire(run_dir: Path) -> tuple[int, bool]:
+    """An open descriptor of run_dir/.lock, exclusively locked, and whether this process
+    created run_dir; RunDirBusy if the lock is held elsewhere."""
+    path, made = run_dir / LOCK, False
     for _ in range(100):
+        made = _usable_dir(run_dir) or made
         try:
             fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except FileNotFoundError:
+            continue  # its creator discarded the directory as we opened: create it anew
         except OSError as exc:
             raise _cannot("create", path, exc) from None
         try:
@@ -126,8 +161,8 @@ def _acquire(run_dir: Path) -> int:
                 raise _cannot("lock", path, exc) from None
             raise RunDirBusy(_busy_message(run_dir)) from None
         if _names(path, fd):
-            return fd
-        os.close(fd)  # the holder removed the file as we opened it: lock the new one
+            return fd, made
+        os.close(fd)  # the holder removed the file (or the directory) as we opened it: again
     raise RunDirBusy(_busy_message(run_dir))
 
 

@@ -11,7 +11,11 @@ an actor asks for all of its node's cores, so two units never time each
 other's noise; `--tasks-per-node N` packs N actors per node (each with 1/N of
 its cores) when timing does not matter. On GPU an actor asks for one GPU. An
 actor keeps its data set, device and calibration between units
-(bench.run.work._Worker), so a node loads and calibrates once.
+(bench.run.work._Worker), so a node loads and calibrates once. A node's first
+actor calibrates before its other actors start, and they then read its cached
+figure: a peak measured while the node's other actors start up (or measure too)
+would be too low (bench.engine.calibrate also lets one process of a node measure
+at a time, and caches no measurement made on a busy machine).
 
 Without an address (`--ray-address`, else RAY_ADDRESS) a private Ray is started
 for the run, on the loopback interface only, and stopped at its end.
@@ -126,6 +130,7 @@ class RayExecutor:
         self.facts_of: dict[Slot, dict] = {}
         self.warnings: list[str] = []
         self.units: list[dict] = []  # per unit: node, size, seconds on the wire and at work
+        self._recalibrating: set[Slot] = set()  # workers that measure afresh (--recalibrate)
         self._ray = None
         self._actor_class = None
 
@@ -158,7 +163,10 @@ class RayExecutor:
     def start_workers(self, template: Job) -> list[dict]:
         """Starts one worker per slot and waits until each has resolved its device and
         calibrated; returns their machine facts. Workers that fail to start are left out
-        with a warning; none at all is a RayExecutorError."""
+        with a warning; none at all is a RayExecutorError.
+
+        Each node's first worker starts (and calibrates) before the node's others, which
+        then read its cached figure; with --recalibrate only the first ones measure."""
         ray = self._ray
         nodes = ray.nodes()
         self.platform = cluster_platform(nodes, self.asked_platform)
@@ -166,6 +174,22 @@ class RayExecutor:
         if not slots:
             raise RayExecutorError(f"the Ray cluster has no node with a {self.platform} resource "
                                    f"to run units on (resources: {_totals(nodes)})")
+        firsts = [s for s in slots if s.index == 0]
+        if template.recalibrate:
+            self._recalibrating.update(firsts)
+        self._start(firsts, template)
+        self._start([s for s in slots if s.index != 0], template)
+        if not self.workers:
+            raise RayExecutorError("no Ray worker could start: " + "; ".join(self.warnings))
+        self._check_versions()
+        self._check_calibrations()
+        return [self.facts_of[s] for s in self.workers]
+
+    def _start(self, slots: list[Slot], template: Job) -> None:
+        """Starts `slots`' workers and waits until each has its facts, or is left out."""
+        if not slots:
+            return
+        ray = self._ray
         probes = {}
         for slot in slots:
             actor = self._new_actor(slot)
@@ -184,10 +208,6 @@ class RayExecutor:
         for ref in remaining:
             self._drop(probes[ref], f"worker on {probes[ref].label} did not start within "
                                     f"{START_TIMEOUT_S:.0f} s (are its node's resources taken?)")
-        if not self.workers:
-            raise RayExecutorError("no Ray worker could start: " + "; ".join(self.warnings))
-        self._check_versions()
-        return [self.facts_of[s] for s in self.workers]
 
     def stop_workers(self) -> None:
         """Kills every worker: running units are cancelled, pending ones never start."""
@@ -218,8 +238,10 @@ class RayExecutor:
         self.warnings.append(warning)
 
     def _replace(self, slot: Slot) -> Slot | None:
-        """A new worker in place of a dead one, if its node is still alive."""
+        """A new worker in place of a dead one, if its node is still alive (it reads the
+        node's cached calibration: measuring while the others run would be too low)."""
         self.workers.pop(slot, None)
+        self._recalibrating.discard(slot)
         alive = {n["NodeID"] for n in self._ray.nodes() if n.get("Alive")}
         if slot.node not in alive:
             self.warnings.append(f"node {slot.label} is gone; its units go to the other nodes")
@@ -234,10 +256,20 @@ class RayExecutor:
             self.warnings.append(f"workers run bench {', '.join(map(str, other))}, the driver "
                                  f"{mine}; records say which produced them")
 
+    def _check_calibrations(self) -> None:
+        """A warning for each worker but the first (whose calibration the run shows) that
+        measured its peak on a busy machine: its records' % of peak are too high."""
+        for slot in list(self.workers)[1:]:
+            warning = (self.facts_of[slot].get("calibration") or {}).get("warning")
+            if warning:
+                self.warnings.append(f"worker on {slot.label}: {warning}")
+
     def _job_for(self, job: Job, slot: Slot) -> Job:
         """`job` as `slot`'s worker runs it: on the cluster's platform, so that the start-up
-        probe and the units share one bench.run.work worker (one device, one calibration)."""
-        return dataclasses.replace(job, node=slot.node, device=self.platform)
+        probe and the units share one bench.run.work worker (one device, one calibration);
+        only a node's first worker recalibrates, the others read what it measured."""
+        return dataclasses.replace(job, node=slot.node, device=self.platform,
+                                   recalibrate=slot in self._recalibrating)
 
     # ------------------------------------------------------------ dispatch
     def run(self, jobs: Iterable[Job], progress) -> Iterator[tuple[Job, list[dict]]]:

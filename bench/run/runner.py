@@ -7,7 +7,6 @@ before the data set is read or anything is compiled, so mistakes cost seconds.
 from __future__ import annotations
 
 import dataclasses
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,14 +59,14 @@ def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
     data_sources.check_data_args(options.data, options.dataset)
     if options.resume_only and not (options.out / results.HEADER).exists():
         raise SpecError(f"--resume {options.out}: no run to resume there (no {results.HEADER})")
-    created = options.out is None or not options.out.exists()
-    run_dir = results.new_run_dir(Path("reports")) if options.out is None else options.out
-    try:
-        with results.lock_run_dir(run_dir, command=" ".join(["python -m bench", *argv])):
-            return _run_locked(sweep, options, argv, run_dir)
-    finally:
-        if created and not (run_dir / results.HEADER).exists():
-            shutil.rmtree(run_dir, ignore_errors=True)  # nothing was run: leave no empty run
+    # Whether --out is new is decided by the lock's own mkdir, and a new directory in which
+    # nothing was run is removed under the lock, by its creator only: a run that loses the
+    # race into a new --out gets RunDirBusy and leaves the winner's directory alone.
+    fresh = options.out is None
+    run_dir = results.new_run_dir(Path("reports")) if fresh else options.out
+    with results.lock_run_dir(run_dir, command=" ".join(["python -m bench", *argv]),
+                              discard_unused=True, created=fresh):
+        return _run_locked(sweep, options, argv, run_dir)
 
 
 def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_dir: Path) -> int:
@@ -141,8 +140,8 @@ def _cluster_facts(workers: list[dict]) -> tuple[dict, dict]:
 # savings no longer grow; accelerators take more.
 POPULATION_CAP = {"cpu": 64, "gpu": 1024, "tpu": 1024}
 # Families that `auto` trains alone on a platform, because there a population of them trained
-# slower than its members one at a time (docs/measurements.md, "Populations": conv 32 on a
-# 2-core CPU, 0.88x the whole sweep's speed at 16 members, parity at 4).
+# no faster than its members one at a time (docs/measurements.md, "Design measurements cited
+# from the code").
 ALONE_BY_DEFAULT = {("cpu", "conv")}
 
 
