@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -34,20 +33,13 @@ DISABLE_VARIABLE = "BENCH_FUSED_CELLS"
 CELL_IDS = {"gru": 1, "simple": 2}  # cells_cpu.cc's `with_cell`
 _COEFFICIENTS = {"gru": 5, "simple": 1}  # per unit, saved for the backward pass (cells_cpu.cc)
 _GATES = {"gru": 4, "simple": 1}  # blocks of the step product (gru_blocks keeps xn, hn apart)
-_STEM = "_cells_cpu"
 _FORWARD, _BACKWARD = "bench_cell_forward", "bench_cell_backward"
-_TARGETS = {_FORWARD: "BenchCellForward", _BACKWARD: "BenchCellBackward"}
 _VMAP_METHOD = "broadcast_all"
-
-
-def _library_path() -> Path | None:
-    return native_kernels.library_path(_STEM)
 
 
 # ---- the smoke call ----------------------------------------------------------------------
 
 _SMOKE_OUTPUTS = ("value", "d h0", "d xs", "d kernel", "d bias")
-_SMOKE_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
 
 def _smoke_args(cell: str) -> tuple:
@@ -82,22 +74,16 @@ def _both_loops() -> list:
 def smoke_test() -> None:
     """Raises Unusable unless both cells' forward and backward pass match XLA's loop."""
     for got, want in native_kernels.smoke_results(_both_loops):
-        native_kernels.compare_smoke(_SMOKE_OUTPUTS, got, want, "XLA's loop",
-                                     **_SMOKE_TOLERANCE)
+        native_kernels.compare_smoke(_SMOKE_OUTPUTS, got, want, "XLA's loop")
 
 
-@functools.cache
-def _load() -> str | None:
-    """Registers the kernel with XLA; returns why it cannot be used, or None when it can."""
-    return native_kernels.load_or_reason(_STEM, _TARGETS, _library_path(), smoke_test,
-                                         DISABLE_VARIABLE,
-                                         "fused GRU/simple-cell kernel {}; XLA's loop runs "
-                                         "instead")
-
-
-def status() -> str:
-    """'on' or why the XLA loop runs instead, for run.json."""
-    return _load() or "on"
+SPEC = native_kernels.KernelSpec(
+    "cells", "_cells_cpu", DISABLE_VARIABLE,
+    {_FORWARD: "BenchCellForward", _BACKWARD: "BenchCellBackward"}, smoke_test,
+    kernel="fused GRU/simple-cell kernel", fallback="XLA's loop")
+_library_path = SPEC.library_path
+_KERNEL = native_kernels.Loader(SPEC, lambda: _library_path())  # read at load: tests swap it
+_load, status = _KERNEL.load, _KERNEL.status
 
 
 def supports(cell: str, activation: Callable) -> bool:
@@ -118,7 +104,7 @@ def loop(cell: str, activation: Callable, carry: tuple[jax.Array], xs: jax.Array
     (units + features, gates * units), rows for h first, as models/recurrent.py builds it.
     """
     if (reason := _load()) is not None:
-        raise RuntimeError(f"the fused GRU/simple-cell kernel cannot run: {reason}")
+        raise RuntimeError(f"the {SPEC.kernel} cannot run: {reason}")
     return _fused(cell, activation, carry, xs, kernel, bias)
 
 

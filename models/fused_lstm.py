@@ -26,14 +26,13 @@ nested vmaps add one axis each) and runs the members inside, spread over up to
 `blas_threads()` threads, each member's matrix products on its own thread. With
 vmap_method="sequential", XLA looped over the members around one call each, and a
 population trained slower than its members one at a time; with the population axis in the
-kernel it trains faster (docs/measurements.md, "Populations").
+kernel it trains faster (docs/measurements.md, "Design measurements cited from the code").
 """
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -44,10 +43,8 @@ from models.cells import lstm_update
 from models.recurrence import recur
 
 DISABLE_VARIABLE = "BENCH_FUSED_LSTM"
-_STEM = "_lstm_cpu"  # models/native/_lstm_cpu*.so, built from lstm_cpu.cc by setup.py
 RECORD_NAME = "_lstm_cpu.json"  # setup.py's build record, beside the library
 _FORWARD, _BACKWARD = "bench_lstm_forward", "bench_lstm_backward"
-_TARGETS = {_FORWARD: "BenchLstmForward", _BACKWARD: "BenchLstmBackward"}
 _COEFFICIENTS = 6  # per unit, saved by the forward pass for the backward (lstm_cpu.cc's Coef)
 # Under vmap the kernel gets every operand with the population axes in front (lstm_cpu.cc).
 _VMAP_METHOD = "broadcast_all"
@@ -55,14 +52,9 @@ _VMAP_METHOD = "broadcast_all"
 ACTIVATION_IDS = native_kernels.ACTIVATION_IDS  # the activations the kernel implements
 
 
-def _library_path() -> Path | None:
-    return native_kernels.library_path(_STEM)
-
-
 # ---- the smoke call ----------------------------------------------------------------------
 
 _SMOKE_OUTPUTS = ("value", "d c0", "d h0", "d xs", "d kernel", "d bias")
-_SMOKE_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
 
 def _smoke_args() -> tuple:
@@ -95,20 +87,16 @@ def _both_loops(args: tuple) -> tuple:
 def smoke_test() -> None:
     """Raises Unusable unless the kernel's forward and backward pass match XLA's loop."""
     got, want = native_kernels.smoke_results(lambda: _both_loops(_smoke_args()))
-    native_kernels.compare_smoke(_SMOKE_OUTPUTS, got, want, "XLA's loop", **_SMOKE_TOLERANCE)
+    native_kernels.compare_smoke(_SMOKE_OUTPUTS, got, want, "XLA's loop")
 
 
-@functools.cache
-def _load() -> str | None:
-    """Registers the kernel with XLA; returns why it cannot be used, or None when it can."""
-    return native_kernels.load_or_reason(_STEM, _TARGETS, _library_path(), smoke_test,
-                                         DISABLE_VARIABLE,
-                                         "fused LSTM kernel {}; XLA's loop runs instead")
-
-
-def status() -> str:
-    """'on' or why the XLA loop runs instead, for run.json."""
-    return _load() or "on"
+SPEC = native_kernels.KernelSpec(
+    "lstm", "_lstm_cpu", DISABLE_VARIABLE,  # models/native/_lstm_cpu*.so, from lstm_cpu.cc
+    {_FORWARD: "BenchLstmForward", _BACKWARD: "BenchLstmBackward"}, smoke_test,
+    kernel="fused LSTM kernel", fallback="XLA's loop")
+_library_path = SPEC.library_path
+_KERNEL = native_kernels.Loader(SPEC, lambda: _library_path())  # read at load: tests swap it
+_load, status = _KERNEL.load, _KERNEL.status
 
 
 def blas_threads() -> int | None:
@@ -133,7 +121,7 @@ def lstm(activation: Callable, carry: tuple[jax.Array, jax.Array], xs: jax.Array
     (units + features, 4 * units), rows for h first; gate columns i, f, g, o.
     """
     if (reason := _load()) is not None:
-        raise RuntimeError(f"the fused LSTM kernel cannot run: {reason}")
+        raise RuntimeError(f"the {SPEC.kernel} cannot run: {reason}")
     return _fused(activation, carry, xs, kernel, bias)
 
 

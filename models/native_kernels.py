@@ -1,17 +1,18 @@
-"""Loading bench's optional CPU kernels (models/native/*.cc), shared by models/fused_lstm.py
-and models/fused_conv.py.
+"""Loading bench's optional CPU kernels (models/native/*.cc): each module models/fused_*.py
+declares its kernel's `KernelSpec` (listed in `KERNELS`) and loads it with a `Loader`.
 
 setup.py builds each kernel library for the installing machine's CPU and writes its build
 record beside it (`<stem>.json`). A library must never be loaded where it cannot run (an
 illegal instruction would kill the process), so before loading it its record must describe
-that very file, this CPU's features and this jaxlib; each kernel's module then registers its
-targets and compares a smoke call with XLA's form. Any failure leaves XLA's form running and
-says why. OpenBLAS's threads are capped to the cores XLA runs on (`cap_blas_threads`).
+that very file, this CPU's features and this jaxlib; then its targets are registered and a
+smoke call compares it with XLA's form. Any failure leaves XLA's form running and says why.
+OpenBLAS's threads are capped to the cores XLA runs on (`cap_blas_threads`).
 """
 
 from __future__ import annotations
 
 import ctypes
+import dataclasses
 import functools
 import hashlib
 import importlib.machinery
@@ -180,19 +181,18 @@ def _register(library: Path, targets: tuple[tuple[str, str], ...]) -> None:
                                     platform="cpu")
 
 
-def load(stem: str, targets: dict[str, str], path: Path | None) -> None:
-    """Checks the library at `path` (library_path(stem), passed in so that tests can swap it)
-    and registers its targets (XLA name -> exported symbol). Raises Unusable, whose text
-    says why, where it must not or cannot run."""
+def load(spec: KernelSpec, path: Path | None) -> None:
+    """Checks `spec`'s library at `path` (a test's stand-in too) and registers its targets.
+    Raises Unusable, whose text says why, where it must not or cannot run."""
     if path is None:
-        raise Unusable(f"not built (pip install compiles models/native/{stem.lstrip('_')}.cc "
-                       f"where a C++ compiler is present)")
+        raise Unusable(f"not built (pip install compiles models/native/"
+                       f"{spec.stem.lstrip('_')}.cc where a C++ compiler is present)")
     try:
         record = build_record(path)
         check_cpu(record["target_features"])
         check_jaxlib(record.get("jaxlib"))
         cap_blas_threads()  # loads OpenBLAS, which the kernels link
-        _register(path, tuple(targets.items()))
+        _register(path, tuple(spec.targets.items()))
     except Unusable:
         raise
     except Exception as error:  # noqa: BLE001  a broken kernel must not stop a run: say why
@@ -212,29 +212,60 @@ def smoke_results(compute: Callable):
                            f"{first_line}") from None
 
 
-def compare_smoke(names, got, want, xla_form: str, **tolerance) -> None:
+def compare_smoke(names, got, want, xla_form: str, rtol=1e-4, atol=1e-5) -> None:
     """Raises Unusable unless every named result of the kernel's matches XLA's."""
     pairs = zip(names, jax.tree.leaves(got), jax.tree.leaves(want), strict=True)
     for name, a, b in pairs:
-        if not np.allclose(a, b, **tolerance):
+        if not np.allclose(a, b, rtol=rtol, atol=atol):
             raise Unusable(f"off: smoke test failed: the kernel's {name} differs from "
                            f"{xla_form} by up to {np.max(np.abs(a - b)):.3g}")
 
 
-def load_or_reason(stem: str, targets: dict[str, str], path: Path | None,
-                   smoke_test: Callable[[], None], switch: str, warning: str) -> str | None:
-    """Loads a kernel (unless the environment variable `switch` is 0) and runs its smoke
-    test: None when it can be used, else why not, warned once as `warning` (with `{}` for
-    the reason)."""
-    if os.environ.get(switch, "1") == "0":
-        return f"off ({switch}=0)"
-    try:
-        load(stem, targets, path)
-        smoke_test()
-    except Unusable as unusable:
-        reason = str(unusable)
-    else:
-        return None
-    warnings.warn(warning.format(reason), RuntimeWarning, stacklevel=4)
-    return reason
+# ---- the kernels: a spec each, one loader --------------------------------------------------
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class KernelSpec:
+    """What loading a kernel takes; its module (models/fused_*.py) declares it."""
+
+    name: str  # its key in KERNELS
+    stem: str  # models/native/<stem>*.so, built by setup.py from <stem without _>.cc
+    switch: str  # the environment variable that, set to 0, leaves XLA's form running
+    targets: dict[str, str]  # XLA target -> the library's exported symbol
+    smoke_test: Callable[[], None]  # raises Unusable unless the kernel matches XLA's form
+    kernel: str  # the kernel, in messages: "fused LSTM kernel"
+    fallback: str  # what runs where it cannot, in messages: "XLA's loop"
+
+    def library_path(self) -> Path | None:
+        return library_path(self.stem)
+
+
+KERNELS: dict[str, KernelSpec] = {}  # name -> spec, as each module that declares one is imported
+
+
+class Loader:
+    """Lists `spec` in KERNELS; `load()` (cached: `load.cache_clear()` loads afresh) loads its
+    library, `path()` (which tests swap), and returns None where it runs, else why (warned)."""
+
+    def __init__(self, spec: KernelSpec, path: Callable[[], Path | None]):
+        KERNELS[spec.name] = self.spec = spec
+        self.path = path
+        self.load = functools.cache(self._load_or_reason)
+
+    def _load_or_reason(self) -> str | None:
+        spec = self.spec
+        if os.environ.get(spec.switch, "1") == "0":
+            return f"off ({spec.switch}=0)"
+        try:
+            load(spec, self.path())
+            spec.smoke_test()
+        except Unusable as unusable:
+            reason = str(unusable)
+        else:
+            return None
+        warnings.warn(f"{spec.kernel} {reason}; {spec.fallback} runs instead", RuntimeWarning,
+                      stacklevel=3)  # whoever called status() or supports()
+        return reason
+
+    def status(self) -> str:
+        """'on' or why XLA's form runs instead, for run.json."""
+        return self.load() or "on"
