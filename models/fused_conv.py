@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -36,15 +35,9 @@ from models.layers import avg_pool_2x2, patch_conv
 from models.native_kernels import ACTIVATION_IDS
 
 DISABLE_VARIABLE = "BENCH_FUSED_CONV"
-_STEM = "_conv_cpu"  # models/native/_conv_cpu*.so, built from conv_cpu.cc by setup.py
 _FORWARD, _BACKWARD = "bench_conv_block_forward", "bench_conv_block_backward"
-_TARGETS = {_FORWARD: "BenchConvBlockForward", _BACKWARD: "BenchConvBlockBackward"}
 _VMAP_METHOD = "sequential"
 _ABSENT = (0,)  # the kernel's shape for a result or operand left out (conv_cpu.cc)
-
-
-def _library_path() -> Path | None:
-    return native_kernels.library_path(_STEM)
 
 
 # ---- the XLA form and the smoke call --------------------------------------------------------
@@ -53,9 +46,6 @@ def reference_block(activation: Callable, x: jax.Array, kernel: jax.Array,
                     bias: jax.Array) -> jax.Array:
     """The block in XLA, as models/layers.py computes it: what the kernel must equal."""
     return avg_pool_2x2(activation(patch_conv(x, kernel, bias)))
-
-
-_SMOKE_TOLERANCE = dict(rtol=1e-4, atol=1e-5)
 
 
 def _smoke_args(channels: int) -> tuple:
@@ -88,24 +78,32 @@ def smoke_test() -> None:
     """Raises Unusable unless the kernel's forward and backward pass match the XLA form."""
     for got, want in native_kernels.smoke_results(_both_forms):
         native_kernels.compare_smoke(("value", "d x", "d kernel", "d bias"), got, want,
-                                     "the patch form", **_SMOKE_TOLERANCE)
+                                     "the patch form")
 
 
-@functools.cache
-def _load() -> str | None:
-    """Registers the kernel with XLA; returns why it cannot be used, or None when it can."""
-    return native_kernels.load_or_reason(
-        _STEM, _TARGETS, _library_path(), smoke_test, DISABLE_VARIABLE,
-        "fused conv kernel {}; the XLA patch form runs instead")
-
-
-def status() -> str:
-    """'on' or why the XLA patch form runs instead, for run.json."""
-    return _load() or "on"
+SPEC = native_kernels.KernelSpec(
+    "conv", "_conv_cpu", DISABLE_VARIABLE,  # models/native/_conv_cpu*.so, from conv_cpu.cc
+    {_FORWARD: "BenchConvBlockForward", _BACKWARD: "BenchConvBlockBackward"}, smoke_test,
+    kernel="fused conv kernel", fallback="the XLA patch form")
+_library_path = SPEC.library_path
+_KERNEL = native_kernels.Loader(SPEC, lambda: _library_path())  # read at load: tests swap it
+_load, status = _KERNEL.load, _KERNEL.status
 
 
 def supports(activation: Callable) -> bool:
     return activation in ACTIVATION_IDS and _load() is None
+
+
+# The poolings (the `pooling` axis, models/conv.py) the kernel computes: 2x2 average pooling
+# only. A block with another (max pooling, a stride-2 convolution) runs the XLA form on
+# every platform.
+POOLINGS: tuple[str, ...] = ("avg",)
+
+
+def runs_kernel(pooling: str | None) -> bool:
+    """Whether a conv trial with this `pooling` (its config's value) runs this kernel on CPU,
+    where the kernel is on (`status()`) and implements its activation; else the XLA form."""
+    return pooling in POOLINGS
 
 
 # ---- the block -------------------------------------------------------------------------------
@@ -123,7 +121,7 @@ def conv_block(activation: Callable, x: jax.Array, kernel: jax.Array,
     first block, whose input is the data): JAX says so through symbolic zeros.
     """
     if (reason := _load()) is not None:
-        raise RuntimeError(f"the fused conv kernel cannot run: {reason}")
+        raise RuntimeError(f"the {SPEC.kernel} cannot run: {reason}")
     return _fused(activation, x, kernel, bias)
 
 

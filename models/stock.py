@@ -3,10 +3,11 @@
 The same networks as models/dense.py, conv.py and recurrent.py (the `tuned` forms), with
 the same shapes, initialisers, parameter counts and random draws, so that one seed gives
 both forms the same initial parameters; tests check that the two compute the same function
-(logits and gradients). What differs is only how: `nnx.Conv` and `nnx.avg_pool` instead of
-patch products, `nnx.OptimizedLSTMCell` / `nnx.GRUCell` / `nnx.SimpleCell` run over the
-rows by `nnx.RNN` (Flax's own scan, differentiated by JAX) instead of bench's recurrence
-and CPU kernel, `nnx.Dropout` instead of bench's dropout function.
+(logits and gradients). What differs is only how: `nnx.Conv` and `nnx.avg_pool` or
+`nnx.max_pool` instead of patch products, `nnx.OptimizedLSTMCell` / `nnx.GRUCell` /
+`nnx.SimpleCell` run over the rows by `nnx.RNN` (Flax's own scan, differentiated by JAX)
+instead of bench's recurrence and CPU kernel, `nnx.Dropout` instead of bench's dropout
+function.
 
 One limit of the stock form: `nnx.Dropout`'s rate is a Python number fixed in the
 module, so members of a population cannot have their own rates (bench/run/groups.py groups
@@ -22,6 +23,8 @@ import jax.numpy as jnp
 from flax import nnx
 
 _CELLS = {"lstm": nnx.OptimizedLSTMCell, "gru": nnx.GRUCell, "simple": nnx.SimpleCell}
+_POOLS = {"avg": lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2)),
+          "max": lambda y: nnx.max_pool(y, window_shape=(2, 2), strides=(2, 2))}
 
 
 class _Dropout(nnx.Module):
@@ -58,22 +61,28 @@ class StockDense(nnx.Module):
 
 
 class StockConv(nnx.Module):
-    """nnx.Conv 3x3 SAME, avg-pool 2x, nnx.Conv 3x3 SAME, avg-pool 2x, dense, dense."""
+    """nnx.Conv 3x3 SAME, avg-pool 2x, nnx.Conv 3x3 SAME, avg-pool 2x, dense, dense; with
+    `pooling` max, nnx.max_pool; with stride, each nnx.Conv at strides 2 and no pooling."""
 
     def __init__(self, units: int, activation: Callable, num_classes: int, rngs: nnx.Rngs,
-                 *, dropout: float = 0.0, input_shape=(28, 28)):
+                 *, dropout: float = 0.0, pooling: str = "avg", input_shape=(28, 28)):
+        if pooling not in _POOLS and pooling != "stride":
+            raise ValueError(f"unknown pooling {pooling!r}; valid: avg, max, stride")
         h, w = input_shape[0] // 4, input_shape[1] // 4
-        self.conv1 = nnx.Conv(1, units, (3, 3), padding="SAME", rngs=rngs)
-        self.conv2 = nnx.Conv(units, 2 * units, (3, 3), padding="SAME", rngs=rngs)
+        strides = 2 if pooling == "stride" else 1
+        self.conv1 = nnx.Conv(1, units, (3, 3), strides=strides, padding="SAME", rngs=rngs)
+        self.conv2 = nnx.Conv(units, 2 * units, (3, 3), strides=strides, padding="SAME",
+                              rngs=rngs)
         self.dense = nnx.Linear(h * w * 2 * units, 8 * units, rngs=rngs)
         self.out = nnx.Linear(8 * units, num_classes, rngs=rngs)
         self.drop = _Dropout(dropout)
         self.activation = activation
+        self.pooling = pooling
 
     def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None,
                  dropout_rate: jax.Array | None = None) -> jax.Array:
         act = self.activation
-        pool = lambda y: nnx.avg_pool(y, window_shape=(2, 2), strides=(2, 2))  # noqa: E731
+        pool = _POOLS.get(self.pooling, lambda y: y)  # stride: the convolutions downsample
         x = pool(act(self.conv1(x[..., None])))
         x = pool(act(self.conv2(x)))
         x = act(self.dense(x.reshape(x.shape[0], -1)))

@@ -20,7 +20,7 @@ import pytest
 from flax import nnx
 
 from bench.contract import registry
-from bench.engine import trial
+from bench.engine import costs, training
 from bench.contract.registry import ACTIVATIONS
 from bench.contract.schema import TimingProtocol, make_config
 from models import fused_conv, native_kernels
@@ -170,6 +170,29 @@ def test_cpu_cnn_runs_the_kernel_and_other_platforms_the_xla_form():
     assert custom_calls(other, "cpu") == set()
 
 
+@pytest.mark.parametrize("pooling", ["avg", "max", "stride"])
+def test_cpu_cnn_runs_the_kernel_only_for_average_pooling(pooling):
+    """The kernel pools by average only: with max pooling or stride-2 convolutions the CNN
+    runs the XLA form on CPU too, and says so (model.runs_kernel, fused_conv.runs_kernel)."""
+    kernel_on()
+    model = tiny("conv", jax.nn.relu, pooling=pooling)
+    expected = set(KERNEL_TARGETS) if pooling == "avg" else set()
+    assert custom_calls(model, "cpu") == expected
+    assert model.runs_kernel == fused_conv.runs_kernel(pooling) == (pooling == "avg")
+    assert custom_calls(model, "cuda") == set()
+
+
+def test_a_trial_config_tells_which_form_its_blocks_ran():
+    """What the run prints per kernel (bench/run/runner.py's _CPU_KERNELS) and a record's
+    reader decide from the config's pooling value alone."""
+    base = {"model": "conv", "activation": "relu", "optimizer": "adam"}
+    assert fused_conv.POOLINGS == ("avg",)
+    assert fused_conv.runs_kernel(make_config(base).pooling)
+    for pooling in ("max", "stride"):
+        assert not fused_conv.runs_kernel(make_config({**base, "pooling": pooling}).pooling)
+    assert not fused_conv.runs_kernel(make_config({**base, "model": "dense"}).pooling)
+
+
 def test_cnn_computes_no_input_gradient_for_the_data():
     """Training differentiates the parameters, not the images: the first block's backward
     call declares no input gradient, the second block's one of its input's shape."""
@@ -212,20 +235,18 @@ def test_flop_count_sees_through_the_kernel():
     config = make_config({"model": "conv", "units": 4, "activation": "relu",
                           "optimizer": "adam", "batch_size": 8})
     protocol = TimingProtocol(repeats=1, burn_in=0, round_steps=2)
-    tx = registry.optimizer("adam")
+    x = images(8 * protocol.round_steps)
+    y = jnp.zeros(len(x), jnp.int32)
 
-    def flops(fused: bool) -> float:
-        model = trial.build_model(config)
+    def lowered_count(fused: bool) -> float:
+        model = training.build_model(config)
         model.fused_kernel = fused
-        program = trial._program(model, config, tx, protocol)
-        state = program.init()
-        x = images(8 * protocol.round_steps)
-        y = jnp.zeros(len(x), jnp.int32)
-        return trial._step_flops(model, program, config, tx, protocol, state, x, y,
-                                 jax.random.key(0))
+        program = training._solo_program(model, config, protocol)
+        return costs.flops(jax.jit(program.train_round).lower(program.init(), x, y,
+                                                              jax.random.key(0)))
 
-    with_kernel, xla_form = flops(True), flops(False)
-    assert with_kernel == xla_form > 0
+    with_kernel = training.step_flops(config, protocol, x, y)
+    assert with_kernel == lowered_count(False) > lowered_count(True) > 0  # the kernel hides its own
     conv2_forward = 2 * 8 * 14 * 14 * (3 * 3 * 4) * 8  # batch 8, 14x14 pixels, 36 in, 8 out
     assert with_kernel > 3 * conv2_forward
 

@@ -9,6 +9,7 @@ expansion, the full suite all of them.
 from __future__ import annotations
 
 import inspect
+from functools import partial
 
 import jax
 import jax.numpy as jnp
@@ -21,7 +22,8 @@ from conftest import quick_first
 from rounding import assert_close, conv_block_terms, dense_terms, recurrent_terms
 from models import CELLS, MODELS
 from models.recurrent import CELLS as CELL_KINDS
-from models.layers import PatchConv, dropout
+from models.conv import POOLINGS
+from models.layers import PatchConv, dropout, max_pool_2x2, patch_conv
 from models.recurrent import Recurrent
 
 # Tiny sizes keep the suite fast; a family not listed here is built with DEFAULT_TINY_UNITS.
@@ -190,11 +192,11 @@ def test_dropout_is_inverted_at_the_given_rate():
 
 # ---- PatchConv == nnx.Conv -----------------------------------------------------------------
 
-def conv_pair(cin: int, cout: int, size: int, seed: int = 0):
+def conv_pair(cin: int, cout: int, size: int, seed: int = 0, stride: int = 1):
     """A PatchConv and an nnx.Conv holding the same random kernel and bias."""
     reference = abstract(lambda: nnx.Conv(cin, cout, kernel_size=(size, size), padding="SAME",
-                                          rngs=nnx.Rngs(0)))
-    patch = abstract(lambda: PatchConv(cin, cout, size, rngs=nnx.Rngs(0)))
+                                          strides=stride, rngs=nnx.Rngs(0)))
+    patch = abstract(lambda: PatchConv(cin, cout, size, rngs=nnx.Rngs(0), stride=stride))
     assert patch.kernel.shape == reference.kernel.shape == (size, size, cin, cout)
     kernel, bias = normal((size, size, cin, cout), seed), normal((cout,), seed + 1)
     for module in (patch, reference):
@@ -235,6 +237,145 @@ def test_patch_conv_matches_nnx_conv_and_its_gradients(cin, cout, size):
     assert_close((out, grad_x, grad_p["kernel"][...], grad_p["bias"][...]),
                  (ref_out, ref_grad_x, ref_grad_p["kernel"][...], ref_grad_p["bias"][...]),
                  terms=terms)
+
+
+# (batch, height, width, in, out, size): odd and even sides (SAME pads 0/1 or 1/1 at stride 2)
+STRIDED_CASES = [(2, 7, 6, 1, 2, 3), (2, 8, 8, 3, 4, 3), (2, 5, 9, 2, 3, 4), (2, 6, 7, 1, 3, 5)]
+
+
+@pytest.mark.parametrize("batch,height,width,cin,cout,size", quick_first(STRIDED_CASES))
+def test_strided_patch_conv_matches_nnx_conv_and_its_gradients(batch, height, width, cin, cout,
+                                                               size):
+    """Stride 2 (`--pooling stride`) as Keras' Conv2D(strides=2, padding="same"): both patch
+    layouts (one channel, several), and where SAME puts its padding on odd and even sides."""
+    patch, reference = conv_pair(cin, cout, size, stride=2)
+    x = normal((batch, height, width, cin), 3)
+    out_shape = (batch, -(-height // 2), -(-width // 2), cout)
+    cotangent = normal(out_shape, 4)
+    (out, (grad_p, grad_x)), (ref_out, (ref_grad_p, ref_grad_x)) = outputs_and_gradients(
+        (patch, reference), x, cotangent)
+    assert ref_out.shape == out.shape == out_shape
+    assert_close((out, grad_x, grad_p["kernel"][...], grad_p["bias"][...]),
+                 (ref_out, ref_grad_x, ref_grad_p["kernel"][...], ref_grad_p["bias"][...]),
+                 terms=conv_block_terms(batch, height, width, cin, cout, size))
+
+
+def test_strided_patch_conv_matches_lax_convolution():
+    """The same against XLA's convolution itself, SAME at window strides (2, 2)."""
+    x, kernel, bias = normal((3, 28, 28, 2), 5), normal((3, 3, 2, 4), 6), normal((4,), 7)
+
+    def lax_conv(x, kernel, bias):
+        return jax.lax.conv_general_dilated(x, kernel, (2, 2), "SAME",
+                                            dimension_numbers=("NHWC", "HWIO", "NHWC")) + bias
+
+    cotangent = normal((3, 14, 14, 4), 8)
+    got = jax.vjp(partial(patch_conv, stride=2), x, kernel, bias)
+    want = jax.vjp(lax_conv, x, kernel, bias)
+    assert_close((got[0], got[1](cotangent)), (want[0], want[1](cotangent)),
+                 terms=conv_block_terms(3, 28, 28, 2, 4, 3))
+
+
+# ---- max pooling == nnx.max_pool -----------------------------------------------------------
+
+def tied_images(shape, seed: int) -> jax.Array:
+    """Values drawn from {-1, 0, 1, 2}: most 2x2 windows hold a tie (as a blank stretch of a
+    digit does), the case where how the gradient is shared shows."""
+    draw = np.random.default_rng(seed).integers(-1, 3, shape)
+    return jnp.asarray(draw.astype(np.float32))
+
+
+@pytest.mark.parametrize("draw", ["ties", "normal"])
+def test_max_pool_matches_nnx_max_pool_and_its_gradient(draw):
+    """Value and gradient exactly nnx.max_pool's (Keras' MaxPooling2D): each window's gradient
+    goes to its first maximum in row-major order, ties included."""
+    shape = (3, 6, 8, 4)
+    x = tied_images(shape, 1) if draw == "ties" else normal(shape, 1)
+    cotangent = normal((3, 3, 4, 4), 2)
+
+    def reference(x):
+        return nnx.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+    out, pullback = jax.vjp(max_pool_2x2, x)
+    ref_out, ref_pullback = jax.vjp(reference, x)
+    np.testing.assert_array_equal(out, ref_out)
+    np.testing.assert_array_equal(pullback(cotangent)[0], ref_pullback(cotangent)[0])
+    if draw == "ties":  # the gradient is not shared among tied entries (jnp.max would)
+        assert set(np.unique(np.asarray(pullback(jnp.ones_like(out))[0]))) == {0.0, 1.0}
+
+
+def test_max_pool_forward_mode_and_nan():
+    """jvp agrees with vjp (the rule is linear in the tangent), and a NaN stays a NaN (a
+    diverging trial ends with a NaN loss)."""
+    x, tangent = tied_images((2, 4, 4, 3), 3), normal((2, 4, 4, 3), 4)
+    _, jvp_out = jax.jvp(max_pool_2x2, (x,), (tangent,))
+    _, ref_out = jax.jvp(lambda x: nnx.max_pool(x, (2, 2), (2, 2)), (x,), (tangent,))
+    np.testing.assert_array_equal(jvp_out, ref_out)
+    pooled = np.asarray(max_pool_2x2(x.at[0, 1, 0, 2].set(jnp.nan)))
+    assert np.isnan(pooled[0, 0, 0, 2]) and np.isfinite(np.delete(pooled.ravel(), 2)).all()
+
+
+# ---- the CNN's pooling option ----------------------------------------------------------------
+
+def test_conv_poolings_keep_the_parameters_and_downsample():
+    units = TINY_UNITS["conv"]
+    shapes = {}
+    for pooling in POOLINGS:
+        model = tiny("conv", pooling=pooling)
+        shapes[pooling] = {path: leaf.shape for path, leaf in
+                           jax.tree_util.tree_leaves_with_path(nnx.state(model, nnx.Param))}
+        assert model.dense.in_features == 7 * 7 * 2 * units
+        assert model(images()).shape == (BATCH, 10)
+    assert shapes["max"] == shapes["stride"] == shapes["avg"]
+    reference = MODELS["conv"]
+    for pooling in POOLINGS:
+        model = nnx.eval_shape(lambda p=pooling: reference.build(
+            reference.reference_units, jax.nn.relu, 10, nnx.Rngs(0), pooling=p))
+        assert param_count(model) == REFERENCE_PARAMS["conv"], pooling
+
+
+def test_conv_poolings_compute_different_functions():
+    x = images()
+    logits = {p: np.asarray(tiny("conv", pooling=p)(x)) for p in POOLINGS}
+    assert not np.allclose(logits["avg"], logits["max"])
+    assert not np.allclose(logits["avg"], logits["stride"])
+
+
+@pytest.mark.parametrize("pooling", ["max", "stride"])
+def test_conv_pooling_gradients_match_a_lax_reference(pooling):
+    """The whole CNN with max pooling or stride-2 convolutions, against the same network
+    written with jax.lax's convolution and reduce_window: logits and every gradient."""
+    model = tiny("conv", jax.nn.gelu, pooling=pooling)
+    model.fused_kernel = False  # the kernel does not pool this way anyway
+    x, weights = images(), normal((BATCH, 10), 9)
+
+    def block(conv, x):
+        stride = 2 if pooling == "stride" else 1
+        y = jax.lax.conv_general_dilated(x, conv.kernel[...], (stride, stride), "SAME",
+                                         dimension_numbers=("NHWC", "HWIO", "NHWC"))
+        y = jax.nn.gelu(y + conv.bias[...])
+        if pooling == "max":
+            y = jax.lax.reduce_window(y, -jnp.inf, jax.lax.max, (1, 2, 2, 1), (1, 2, 2, 1),
+                                      "VALID")
+        return y
+
+    def reference(m, x):
+        y = block(m.conv2, block(m.conv1, x[..., None]))
+        return m.out(jax.nn.gelu(m.dense(y.reshape(len(x), -1))))
+
+    def loss(forward):
+        return lambda m, x: jnp.sum(forward(m, x) * weights)
+
+    got = nnx.grad(loss(lambda m, x: m(x)), argnums=(0, 1))(model, x)
+    want = nnx.grad(loss(reference), argnums=(0, 1))(model, x)
+    assert_close((model(x), jax.tree.leaves(got)), (reference(model, x), jax.tree.leaves(want)),
+                 terms=model_terms(model))
+
+
+def test_unknown_pooling_is_rejected_with_valid_names():
+    with pytest.raises(ValueError) as err:
+        tiny("conv", pooling="nope")
+    for pooling in POOLINGS:
+        assert pooling in str(err.value)
 
 
 # ---- Recurrent == nnx cells under nnx.RNN --------------------------------------------------

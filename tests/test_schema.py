@@ -98,7 +98,8 @@ BASE = TrialConfig(model="dense", units=4, activation="relu", optimizer="adam",
 # A different value for every field: the key must see each of them.
 CHANGED = {"model": "conv", "units": 5, "activation": "tanh", "optimizer": "sgd",
            "learning_rate": 2e-3, "batch_size": 64, "epochs": 4, "seed": 1, "depth": 3,
-           "cell": "gru", "dropout": 0.1, "l1": 1e-5, "l2": 1e-4, "impl": "flax"}
+           "cell": "gru", "pooling": "max", "dropout": 0.1, "l1": 1e-5, "l2": 1e-4,
+           "impl": "flax"}
 
 
 def test_changed_covers_every_field():
@@ -113,6 +114,49 @@ def test_key_is_stable():
 @pytest.mark.parametrize("field, value", CHANGED.items())
 def test_key_changes_with_any_field(field, value):
     assert dataclasses.replace(BASE, **{field: value}).key != BASE.key
+
+
+# Keys of each family's configs from before the pooling axis (bench at 30ce21e).
+KEYS_BEFORE_POOLING = {
+    "e2861a1762aa": {"model": "conv", "activation": "relu", "optimizer": "adam"},
+    "b76903b6fa71": {"model": "conv", "units": 16, "activation": "tanh", "optimizer": "sgd",
+                     "dropout": 0.2, "impl": "flax"},
+    "439dec1304c9": {"model": "recurrent", "activation": "relu", "optimizer": "adam",
+                     "cell": "gru"},
+    "6c856168b62b": {"model": "dense", "activation": "relu", "optimizer": "adam"},
+}
+
+
+@pytest.mark.parametrize("key", KEYS_BEFORE_POOLING)
+def test_pooling_axis_keeps_the_keys_of_earlier_configs(key):
+    """pooling is keyed_at_default=False: avg (the CNN before the axis) and None (families
+    without it) leave the key as it was; max and stride make other trials."""
+    config = make_config(KEYS_BEFORE_POOLING[key])
+    assert config.key == key
+    if config.model != "conv":
+        assert config.pooling is None
+        return
+    assert config.pooling == "avg"
+    assert make_config({**config.to_dict(), "pooling": "avg"}).key == key
+    others = {make_config({**config.to_dict(), "pooling": p}).key for p in ("max", "stride")}
+    assert key not in others and len(others) == 2
+
+
+def test_pooling_shows_in_the_label_only_when_not_the_default():
+    base = {"model": "conv", "units": 32, "activation": "relu", "optimizer": "adam"}
+    assert make_config(base).label() == "conv-32 relu adam lr=0.001"
+    assert make_config({**base, "pooling": "max"}).label() == "conv-32 pool=max relu adam lr=0.001"
+    assert "pool=stride" in make_config({**base, "pooling": "stride"}).label()
+    assert make_config({**base, "model": "dense", "pooling": "max"}).pooling is None  # conv only
+    with pytest.raises(SpecError, match="pooling: unknown value 'min'; valid: avg, max, stride"):
+        make_config({**base, "pooling": "min"})
+
+
+def test_an_axis_added_later_is_keyed_only_when_set_and_not_its_default():
+    pooling, impl, depth = AXIS_BY_KEY["pooling"], AXIS_BY_KEY["impl"], AXIS_BY_KEY["depth"]
+    assert not pooling.keyed("avg") and not pooling.keyed(None) and pooling.keyed("max")
+    assert not impl.keyed("tuned") and impl.keyed("flax")
+    assert depth.keyed(None) and depth.keyed(2)  # an axis of the first schema: always
 
 
 def test_from_dict_round_trip_through_json():
@@ -239,6 +283,12 @@ def test_family_axes_name_real_families(a):
 def test_cells_of_the_catalogue_are_the_models():
     from models.recurrent import CELLS as DEFINED
     assert tuple(DEFINED) == CELLS
+
+
+def test_poolings_of_the_axis_are_the_models():
+    from models.conv import POOLINGS
+    assert tuple(AXIS_BY_KEY["pooling"].valid_names()) == POOLINGS
+    assert model_options("conv") == ("pooling", "dropout")
 
 
 # ---- records

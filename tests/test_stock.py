@@ -24,8 +24,8 @@ from rounding import assert_close
 from test_models import model_terms
 
 ACTIVATIONS = ("relu", "tanh", "gelu")
-CASES = [("dense", {}), ("dense", {"depth": 3}), ("conv", {}),
-         *[("recurrent", {"cell": cell}) for cell in CELLS]]
+CASES = [("dense", {}), ("dense", {"depth": 3}), ("conv", {}), ("conv", {"pooling": "max"}),
+         ("conv", {"pooling": "stride"}), *[("recurrent", {"cell": cell}) for cell in CELLS]]
 UNITS = {"dense": 8, "conv": 3, "recurrent": 6}
 
 

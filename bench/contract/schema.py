@@ -88,6 +88,12 @@ class Axis:
         """The `bench run` flag ('--models', '--learning-rate')."""
         return "--" + self.key.replace("_", "-")
 
+    def keyed(self, value) -> bool:
+        """Whether this axis's `value` enters a trial's key (and its group id): always where
+        `keyed_at_default`; otherwise only where set and not the default, so that configs
+        from before the axis (its default, or None in families without it) keep their keys."""
+        return self.keyed_at_default or value not in (None, _plain_default(self))
+
     def applies_to(self, family: str) -> bool:
         return self.families is None or family in self.families
 
@@ -156,6 +162,10 @@ AXES: tuple[Axis, ...] = (
          model_option=True, label="x{}"),
     Axis("cell", str, ("lstm",), "recurrent cell", choices=lambda: CELLS,
          families=("recurrent",), model_option=True, label="-{}"),
+    Axis("pooling", str, ("avg",), "conv downsampling: avg (2x2 average pooling after each "
+         "conv block), max (2x2 max pooling) or stride (stride-2 convolutions, no pooling)",
+         choices=lambda: ("avg", "max", "stride"), families=("conv",), model_option=True,
+         label=" pool={}", keyed_at_default=False),
     Axis("activation", str, ("relu", "tanh"), "activations (see `bench list`)",
          sweep_key="activations", choices=lambda: registry.ACTIVATIONS, label=" {}",
          label_always=True),
@@ -214,8 +224,7 @@ class _TrialConfigMethods:
     @cached_property
     def key(self) -> str:
         """A stable hash of the normalised values: the identity used to match and resume trials."""
-        values = {a.name: getattr(self, a.name) for a in AXES
-                  if a.keyed_at_default or getattr(self, a.name) != _plain_default(a)}
+        values = {a.name: getattr(self, a.name) for a in AXES if a.keyed(getattr(self, a.name))}
         return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
 
     def label(self, without: tuple[str, ...] = ()) -> str:

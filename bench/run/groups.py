@@ -28,7 +28,7 @@ def group_of(config: TrialConfig) -> tuple:
     An axis added later leaves the group out while at its default (as it does the key),
     so group ids stay those of earlier runs."""
     shared = tuple(getattr(config, a.name) for a in AXES if not a.per_member
-                   and (a.keyed_at_default or getattr(config, a.name) != a.default[0]))
+                   and a.keyed(getattr(config, a.name)))
     if config.impl == "flax":
         return (*shared, config.dropout or 0.0)
     return (*shared, (config.dropout or 0.0) > 0)

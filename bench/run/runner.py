@@ -259,7 +259,8 @@ _CPU_KERNELS = [
     ("LSTM time loop", lambda t: t.model == "recurrent" and t.cell == "lstm", fused_lstm),
     ("GRU/simple-cell time loop",
      lambda t: t.model == "recurrent" and t.cell != "lstm" and t.impl == "tuned", fused_cells),
-    ("convolution blocks", lambda t: t.model == "conv" and t.impl == "tuned", fused_conv),
+    ("convolution blocks", lambda t: t.model == "conv" and t.impl == "tuned"
+     and fused_conv.runs_kernel(t.pooling), fused_conv),
 ]
 
 
