@@ -10,7 +10,7 @@ from pathlib import Path
 from bench.engine import data as data_sources
 from bench.read.compare import METRICS, Thresholds, parse_threshold
 from bench.read.compare_command import run_compare
-from bench.run.executors import EXECUTOR_NAMES
+from bench.run.executors import EXECUTORS
 from bench.run.groups import AUTO, parse_population
 from bench.contract.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
 
@@ -110,7 +110,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                             "off one at a time, N at most N together")
     where.add_argument("--devices", type=_positive, metavar="N",
                        help="devices of the platform a population is sharded over (default all)")
-    where.add_argument("--executor", choices=EXECUTOR_NAMES, default=None,
+    where.add_argument("--executor", choices=tuple(EXECUTORS), default=None,
                        help="serial (default): units one after another in this process; ray: "
                             "units on Ray workers, one per node (see README, Running on a cluster)")
     where.add_argument("--ray-address", metavar="ADDRESS", default=None,
@@ -255,8 +255,8 @@ def _executor_settings(args: argparse.Namespace, run: dict) -> dict:
     """--executor, --ray-address and --tasks-per-node (or [run] executor, ray_address,
     tasks_per_node); the Ray-only ones are refused for the serial executor."""
     executor = _asked(args, run, "executor") or "serial"
-    if executor not in EXECUTOR_NAMES:
-        raise SpecError(f"executor: unknown executor {executor!r}; valid: {', '.join(EXECUTOR_NAMES)}")
+    if executor not in EXECUTORS:
+        raise SpecError(f"executor: unknown executor {executor!r}; valid: {', '.join(EXECUTORS)}")
     address, per_node = _asked(args, run, "ray_address"), _asked(args, run, "tasks_per_node")
     if per_node is not None and (isinstance(per_node, bool) or not isinstance(per_node, int) or per_node < 1):
         raise SpecError(f"tasks_per_node: {per_node!r} is not a positive integer")

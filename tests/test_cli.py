@@ -94,7 +94,7 @@ def test_one_record_per_trial(records, header):
     for r in records:
         assert r["config"] == {"model": "dense", "units": 4, "activation": r["config"]["activation"],
                                "optimizer": "adam", "learning_rate": 1e-3, "batch_size": 32,
-                               "epochs": EPOCHS, "seed": 0, "depth": 2, "cell": None,
+                               "epochs": EPOCHS, "seed": 0, "depth": 2, "cell": None, "pooling": None,
                                "dropout": 0.0, "l1": 0.0, "l2": 0.0, "impl": "tuned"}
 
 
@@ -208,7 +208,7 @@ def test_a_new_data_set_in_the_same_process_gets_its_own_arrays(monkeypatch):
     from bench.engine import training
     from bench.engine.data import Dataset
 
-    monkeypatch.setattr(trial, "id", lambda obj: 42, raising=False)
+    monkeypatch.setattr(training, "id", lambda obj: 42, raising=False)
     device = jax.devices()[0]
     for n in (8, 16):
         x, y = np.full((n, 28, 28), n, np.float32), np.zeros(n, np.int32)

@@ -37,7 +37,7 @@ def nothing_may_run(monkeypatch):
 
     for target in ("jax._src.compiler.compile_or_get_cached",  # every XLA compilation
                    "bench.run.executors.run_job", "bench.engine.training.train_unit",
-                   "bench.run.runner.calibration", "bench.engine.calibrate.measure_peak",
+                   "bench.engine.calibrate.calibration", "bench.engine.calibrate.measure_peak",
                    "bench.run.ray_executor._import_ray"):  # no case may start Ray
         monkeypatch.setattr(target, forbidden)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import importlib.util
+import inspect
 import json
 import pickle
 import subprocess
@@ -20,7 +21,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from bench.run import work
+from bench.run import executors, runner, work
 from bench.cli import main
 from bench.engine.data import load_embedded
 from bench.run.executors import (EXECUTOR_NAMES, RAY_INSTALL, SerialExecutor, check_executor,
@@ -281,6 +282,49 @@ def test_the_serial_executor_needs_no_ray(monkeypatch):
     with make_executor("serial") as executor:
         assert isinstance(executor, SerialExecutor)
         assert executor.describe() == {"name": "serial"}
+
+
+INLINE_EXECUTOR = """
+from bench.run.executors import SerialExecutor
+
+
+class InlineExecutor(SerialExecutor):
+    name = "inline"
+    jobs = []
+
+    def run(self, jobs, progress):
+        for job, records in super().run(jobs, progress):
+            InlineExecutor.jobs.append(job.unit.size)
+            yield job, records
+
+    def describe(self):
+        return {"name": self.name, "jobs_so_far": len(InlineExecutor.jobs)}
+
+    def announce(self, device):
+        return ["executor: inline, in this process"]
+"""
+
+
+@pytest.mark.slow
+def test_an_executor_is_one_module_and_one_table_row(tmp_path, isolated, fake_peak, monkeypatch,
+                                                      capsys):
+    """The runner works through the Executor protocol alone: a new executor needs its module
+    and a row of EXECUTORS, and nothing in the runner asks which executor it has."""
+    (tmp_path / "inline_executor.py").write_text(INLINE_EXECUTOR)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setitem(executors.EXECUTORS, "inline",
+                        executors.ExecutorEntry("inline_executor:InlineExecutor"))
+    npz = write_npz(tmp_path / "tiny.npz")
+    argv = ["run", "--models", "dense", "--units", "4", "--epochs", "1", "--activations",
+            "relu,tanh", "--optimizers", "adam", "--data", str(npz), "--out",
+            str(tmp_path / "out"), "--executor",
+            "inline", "--repeats", "1", "--round-steps", "1"]
+    assert main(argv) == 0
+    assert "executor: inline, in this process" in capsys.readouterr().out
+    header = json.loads((tmp_path / "out" / "run.json").read_text())
+    assert header["executor"] == {"name": "inline", "jobs_so_far": 0}
+    assert len((tmp_path / "out" / "results.jsonl").read_text().splitlines()) == 2
+    assert "executor.name" not in inspect.getsource(runner)
 
 
 def without_ray(monkeypatch):

@@ -34,6 +34,7 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 from bench.contract.schema import SpecError
+from bench.run.executors import Placement
 from bench.run.work import Job, failed_records, machine_facts, run_job, worker_facts
 
 START_TIMEOUT_S = 180.0  # a worker that has not started by then is left out (its node is busy?)
@@ -158,6 +159,21 @@ class RayExecutor:
     def describe(self) -> dict:
         return {"name": self.name, "address": self.address or "private local Ray",
                 "tasks_per_node": self.tasks_per_node or 1, "platform": self.platform}
+
+    def place(self, template: Job, dataset) -> Placement:
+        """The cluster's workers, started; each loads the data and calibrates its own node."""
+        workers = self.start_workers(template)
+        facts, peak = cluster_facts(workers)
+        return Placement(facts, peak, {"workers": len(workers)})
+
+    def announce(self, device: dict) -> list[str]:
+        about, nodes = self.describe(), device.get("nodes")
+        return [f"executor: ray at {about['address']}: {device.get('workers')} workers on "
+                f"{nodes} node{'s' if nodes != 1 else ''} ({about['tasks_per_node']} per node)",
+                *(f"[yellow]{warning}" for warning in self.warnings)]
+
+    def unit_times(self) -> list[dict]:
+        return self.units
 
     # ------------------------------------------------------------ workers
     def start_workers(self, template: Job) -> list[dict]:
@@ -379,3 +395,17 @@ def _cause(exc: BaseException) -> str:
         return f"{type(inner).__name__}: {inner}".splitlines()[0]
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__
+
+
+def cluster_facts(workers: list[dict]) -> tuple[dict, dict]:
+    """The run's device facts and calibration from its workers' (the first one's, with
+    the number of workers); each record carries its own node's."""
+    first = workers[0]
+    facts = {"platform": first["platform"], "device_kind": first["device_kind"],
+             "device_count": first["device_count"], "host_cpu": first["cpu"],
+             "host_cpu_count": first["cpu_count"], "usable_cpu_count": first["usable_cpu_count"],
+             "workers": len(workers),
+             "nodes": len({w["node"] for w in workers})}
+    peak = {**(first.get("calibration") or {}), "node": first["node"],
+            "per_node": "each record's machine.peak_flops is its own node's"}
+    return facts, peak

@@ -10,22 +10,20 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
-from bench.engine import data as data_sources
 from bench.contract import results
-from bench.run import work
-from bench.engine.calibrate import calibration
-from bench.engine.devices import device_facts, platform_devices, resolve_device
-from bench.run.executors import check_executor, make_executor
-from bench.run.groups import Unit, plan_units
+from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
+                                   make_config)
+from bench.contract.sweepfile import Sweep
+from bench.engine import data as data_sources
 from bench.read.render import terminal
 from bench.read.render.aggregate import group_trials, ranked
 from bench.read.render.cells import data_line, device_line
 from bench.read.render.populations import populations_table
 from bench.read.render.report import render_run
 from bench.read.render.runs import load_run, read_records, read_run_header
-from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
-                          make_config)
-from bench.contract.sweepfile import Sweep
+from bench.run import work
+from bench.run.executors import Executor, check_executor, make_executor
+from bench.run.groups import Unit, plan_units
 from bench.run.work import DataSpec, Job
 from models import fused_cells, fused_conv, fused_lstm
 
@@ -77,7 +75,6 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     executor = make_executor(options.executor, ray_address=options.ray_address,
                              tasks_per_node=options.tasks_per_node, platform=options.device)
     with executor:
-        device = resolve_device(options.device) if executor.name == "serial" else None
         dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
         if previous is not None:
             _check_same_data(previous, dataset.describe(), run_dir)
@@ -85,10 +82,11 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
                        devices=options.devices, protocol=options.protocol,
                        recalibrate=options.recalibrate, compilation_cache=options.compilation_cache,
                        expect_data=dataset.describe())
-        facts, peak, where = _place(executor, device, template, dataset)
+        placed = executor.place(template, dataset)
+        facts, peak = placed.facts, placed.calibration
         header = _header(previous, sweep, run_dir, facts, dataset, peak, options, argv)
         # How this invocation trains: a resumed run may change it (records say how each trained).
-        how = {"population": options.population, "executor": executor.describe(), **where}
+        how = {"population": options.population, "executor": executor.describe(), **placed.where}
         (header if previous is None else header["resumed"][-1]).update(how)
         results.write_header(run_dir, header)
         todo, kept_failed = _unfinished(sweep, done, options.retry_failed)
@@ -99,40 +97,11 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     return _finish(run_dir, header, len(sweep.trials), interrupted)
 
 
-def _place(executor, device, template: Job, dataset) -> tuple[dict, dict, dict]:
-    """Where the units run, as (device facts, calibration, how): this process's device
-    (serial: calibrated here, the data set and both handed to this process's worker), or
-    the cluster's workers, each of which calibrates its own node."""
-    if executor.name != "serial":
-        workers = executor.start_workers(template)
-        facts, peak = _cluster_facts(workers)
-        return facts, peak, {"workers": len(workers)}
-    peak = calibration(device, use_cache=not template.recalibrate)
-    work.remember_dataset(template.data, dataset)
-    work.adopt(template, device, peak)
-    device_list = platform_devices(device, template.devices)
-    return device_facts(device), peak, {"devices": [str(d) for d in device_list]}
-
-
 def _unfinished(sweep: Sweep, done: list, retry_failed: bool) -> tuple[list[TrialConfig], int]:
     """The sweep's trials to run now, and how many failed ones are kept as they are."""
     failed = {r.key for r in done if r.status == "failed"}
     finished = {r.key for r in done} - (failed if retry_failed else set())
     return [t for t in sweep.trials if t.key not in finished], 0 if retry_failed else len(failed)
-
-
-def _cluster_facts(workers: list[dict]) -> tuple[dict, dict]:
-    """The run's device facts and calibration from its workers' (the first one's, with
-    the number of workers); each record carries its own node's."""
-    first = workers[0]
-    facts = {"platform": first["platform"], "device_kind": first["device_kind"],
-             "device_count": first["device_count"], "host_cpu": first["cpu"],
-             "host_cpu_count": first["cpu_count"], "usable_cpu_count": first["usable_cpu_count"],
-             "workers": len(workers),
-             "nodes": len({w["node"] for w in workers})}
-    peak = {**(first.get("calibration") or {}), "node": first["node"],
-            "per_node": "each record's machine.peak_flops is its own node's"}
-    return facts, peak
 
 
 # The largest population `--population auto` makes (it also splits what would not fit in
@@ -210,7 +179,7 @@ def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
 
 
 def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int,
-              units: list[Unit], executor) -> None:
+              units: list[Unit], executor: Executor) -> None:
     console = terminal.console
     done = len(sweep.trials) - len(todo)
     kept = (f" ({kept_failed} of them failed and are kept; --retry-failed runs them again)"
@@ -233,14 +202,8 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
                               + (built_for if status == "on" else ""))
     population = (header.get("resumed") or [header])[-1].get("population")
     console.print(f"populations ({population}): {_units_line(units)}")
-    if executor.name != "serial":
-        about = executor.describe()
-        nodes = header["device"].get("nodes")
-        console.print(f"executor: ray at {about['address']}: {header['device'].get('workers')} "
-                      f"workers on {nodes} node{'s' if nodes != 1 else ''}"
-                      f" ({about['tasks_per_node']} per node)")
-        for warning in executor.warnings:
-            console.print(f"[yellow]{warning}")
+    for line in executor.announce(header["device"]):
+        console.print(line)
 
 
 def _units_line(units: list[Unit]) -> str:
@@ -291,7 +254,7 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     return 0
 
 
-def _run_all(executor, jobs: list[Job], references: dict, run_dir: Path, header: dict) -> bool:
+def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Path, header: dict) -> bool:
     """Runs the jobs, storing each one's records as it ends; True if interrupted by Ctrl-C."""
     nodes = NodeLedger(header)
     with terminal.sweep_progress() as bars:
@@ -306,7 +269,7 @@ def _run_all(executor, jobs: list[Job], references: dict, run_dir: Path, header:
         except KeyboardInterrupt:
             return True
         finally:
-            nodes.close(getattr(executor, "units", None))
+            nodes.close(executor.unit_times())
             results.write_header(run_dir, header)
     return False
 
@@ -332,8 +295,8 @@ class NodeLedger:
         entry["trials"] += len(records)
         return entry["units"] == 1
 
-    def close(self, units: list[dict] | None) -> None:
-        """Adds the Ray executor's per-unit times (seconds on the wire and at work)."""
+    def close(self, units: list[dict]) -> None:
+        """Adds the executor's per-unit times (Ray: seconds on the wire and at work)."""
         if units:
             self.header.setdefault("executor_units", []).extend(units)
 
