@@ -57,7 +57,7 @@ def test_run_succeeds_and_writes_the_run_directory(run):
 @pytest.mark.slow
 def test_header_says_where_the_numbers_came_from(run, header):
     _, out, npz = run
-    assert header["schema_version"] == results.SCHEMA_VERSION == 3
+    assert header["schema_version"] == results.SCHEMA_VERSION == 4
     assert header["command"].startswith("python -m bench run --models dense")
     assert f"--out {out}" in header["command"]
     for package in ("python", "jax", "jaxlib", "flax", "optax", "scipy-openblas32"):

@@ -17,6 +17,7 @@ from bench.cli import main
 from bench.read.compare import (CompareError, Thresholds, compare_records, compare_runs, load_run,
                            parse_threshold, timing_verdict)
 from bench.read.compare_tables import TITLES, render_markdown
+from bench.contract.facts import MachineFacts
 from bench.contract.schema import Record, TrialConfig
 
 STEPS = 20  # round_steps of every synthetic record
@@ -268,7 +269,7 @@ def test_render_markdown_escapes_pipes_in_labels():
 
 
 def on(machine: dict, rec: Record) -> Record:
-    rec.machine = machine
+    rec.machine = MachineFacts.from_json(machine)
     return rec
 
 

@@ -31,6 +31,7 @@ from bench.engine.training import train_unit as run_population, with_recompiles,
 from bench.read.render.csv import render_csv
 from bench.read.render.populations import _members_cell, populations_table
 from bench.read.render.runs import Run
+from bench.contract.facts import PopulationFacts
 from bench.contract.schema import AXES, TimingProtocol, make_config
 from bench.engine.steps import (Hyper, Penalty, build_member_program, build_program, injected,
                          population_program)
@@ -249,15 +250,15 @@ def test_each_member_is_a_record_with_its_own_key_and_history(dataset):
             for field in ("train_loss", "train_accuracy", "test_loss", "test_accuracy"):
                 assert mine[field] == pytest.approx(theirs[field], rel=1e-4, abs=1e-5)
         pop = record.population
-        assert (pop["group"], pop["size"], pop["index"]) == (group_id(cfg), 3, index)
+        assert (pop.group, pop.size, pop.index) == (group_id(cfg), 3, index)
         # shared figures live under `population`; the member's own fields hold only its own
-        assert pop["compile_s"] > 0 and len(pop["epoch_s"]) == cfg.epochs
+        assert pop.compile_s > 0 and len(pop.epoch_s) == cfg.epochs
         assert record.compile_s is None and record.epoch_s == [] and record.train_s is None
         assert record.step_ms > 0 and len(record.rounds_s) == PROTOCOL.repeats  # timed alone
         assert record.flops_per_step == pytest.approx(alone.flops_per_step, rel=1e-4)  # + the lr read
         assert record.params == alone.params
     own_epochs = sum(r.steps_per_epoch * r.step_ms / 1000 for r in records)
-    assert pop["speedup"] == pytest.approx(own_epochs / pop["steady_epoch_s"], abs=0.01)
+    assert pop.speedup == pytest.approx(own_epochs / pop.steady_epoch_s, abs=0.01)
 
 
 def test_a_diverged_member_is_recorded_and_masked_while_the_others_match_their_solo_runs(dataset):
@@ -267,11 +268,11 @@ def test_a_diverged_member_is_recorded_and_masked_while_the_others_match_their_s
     assert len(records[1].history) == 1 and records[1].rounds_s == []
     pop = records[0].population
     # On this tiny data recompiling costs more than the masked rows: the member stays in.
-    assert "retired" not in pop and pop["members_per_epoch"] == [3, 2]
+    assert pop.retired == [] and pop.members_per_epoch == [3, 2]
     # Alone, the diverged trial would have stopped after its first epoch: the speed-up
     # over the steady (second) epoch counts the other two members only.
     own = [r.steps_per_epoch * r.step_ms / 1000 for r in (records[0], records[2])]
-    assert pop["speedup"] == pytest.approx(sum(own) / pop["steady_epoch_s"], abs=0.01)
+    assert pop.speedup == pytest.approx(sum(own) / pop.steady_epoch_s, abs=0.01)
     for index in (0, 2):
         alone = run_trial(cfgs[index], dataset, jax.devices("cpu")[0], PROTOCOL)
         assert records[index].test_loss == pytest.approx(alone.test_loss, rel=1e-4)
@@ -287,24 +288,24 @@ def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
     records = run(cfgs, dataset)
     assert [r.status for r in records] == ["diverged", "ok", "diverged", "ok"]
     pop = records[1].population
-    assert pop["members_per_epoch"] == [4, 2, 2] and pop["size"] == 4
-    [retired] = pop["retired"]
+    assert pop.members_per_epoch == [4, 2, 2] and pop.size == 4
+    [retired] = pop.retired
     assert (retired["after_epoch"], retired["members"], retired["padded"]) == (1, 2, 2)
     assert retired["compile_s"] > 0
     for index in (1, 3):
         alone = run_trial(cfgs[index], dataset, jax.devices("cpu")[0], PROTOCOL)
-        assert records[index].population["index"] == index
+        assert records[index].population.index == index
         assert records[index].step_ms > 0  # timed alone from its own row after retiring
         for mine, theirs in zip(records[index].history, alone.history, strict=True):
             assert mine["test_loss"] == pytest.approx(theirs["test_loss"], rel=1e-4)
-        hit = records[index].population["time_to_accuracy"]
+        hit = records[index].population.time_to_accuracy
         for target in filter(None, hit.values()):  # the recompile is on the clock after epoch 1
             extra = retired["compile_s"] if target["epoch"] > 1 else 0
             assert target["with_compile_s"] == pytest.approx(
-                target["train_s"] + pop["compile_s"] + extra, abs=1e-3)
+                target["train_s"] + pop.compile_s + extra, abs=1e-3)
     own = [r.steps_per_epoch * r.step_ms / 1000 for r in (records[1], records[3])]
-    assert pop["speedup"] == pytest.approx(
-        2 * sum(own) / (pop["epoch_s"][1] + pop["epoch_s"][2]), abs=0.01)
+    assert pop.speedup == pytest.approx(
+        2 * sum(own) / (pop.epoch_s[1] + pop.epoch_s[2]), abs=0.01)
     # The reports say how many members were left, and from when.
     runs = [Run(Path("run"), {"run_id": "r"}, tuple(records), "run")]
     assert populations_table(runs).rows[0][1].text == "4, 2 from epoch 2"
@@ -350,8 +351,8 @@ def test_a_failing_population_is_retried_as_halves_before_anything_fails(dataset
     records = run(cfgs, dataset)
     assert sorted(r.key for r in records) == sorted(c.key for c in cfgs)
     assert all(r.status == "ok" for r in records)
-    assert all("RESOURCE_EXHAUSTED" in r.population["retry"] for r in records)
-    assert sorted(r.population["size"] for r in records) == [1, 2, 2, 2, 2]
+    assert all("RESOURCE_EXHAUSTED" in r.population.retry for r in records)
+    assert sorted(r.population.size for r in records) == [1, 2, 2, 2, 2]
 
 
 @pytest.mark.parametrize("family, impl", quick_first(
@@ -361,10 +362,17 @@ def test_a_members_flop_count_is_the_same_trials_count_alone(dataset, family, im
     CPU used to be counted through the kernel's custom call, which XLA sees as no work."""
     cfgs = [config(family, impl=impl, learning_rate=lr, seed=s, epochs=1)
             for lr, s in ((1e-3, 0), (3e-3, 1))]
-    members = run(cfgs, dataset)
-    alone = run_trial(cfgs[0], dataset, jax.devices("cpu")[0], PROTOCOL)
-    assert [m.population["size"] for m in members] == [2, 2]
-    assert members[0].flops_per_step == members[1].flops_per_step == alone.flops_per_step > 0
+
+    def counted(unit: Unit) -> list:
+        """The records' FLOP counts once the unit is built and compiled (nothing trained)."""
+        training = population._UnitTraining(unit, dataset, jax.devices("cpu")[:1], PROTOCOL,
+                                            None, lambda _: None)
+        training._build_and_compile()
+        return [r.flops_per_step for r in training.records]
+
+    members = counted(unit_of(cfgs))
+    [alone] = counted(Unit("alone", cfgs[:1], alone=True))
+    assert members[0] == members[1] == alone > 0
 
 
 def test_a_bug_in_a_population_records_every_member_failed_at_once(dataset, monkeypatch):
@@ -383,7 +391,7 @@ def test_a_bug_in_a_population_records_every_member_failed_at_once(dataset, monk
     for record in records:
         assert record.error.startswith("ValueError: shapes do not match (at bench/engine/")
         assert "in broken" not in record.error  # the innermost frame of bench's own code
-        assert "retry" not in record.population and record.population["size"] == 4
+        assert record.population.retry is None and record.population.size == 4
 
 
 # ---------------------------------------------------------------- across devices
@@ -410,7 +418,7 @@ cfgs = [config(learning_rate=lr, seed=s) for lr, s in ((1e-3, 0), (1e-2, 1), (3e
 out = {}
 for n in (1, 2):
     records = run_population(unit_of(cfgs), data, jax.devices("cpu")[:n], PROTOCOL)
-    out[n] = [(r.key, r.population["devices"], r.population["size"], r.test_loss) for r in records]
+    out[n] = [(r.key, r.population.devices, r.population.size, r.test_loss) for r in records]
 print(json.dumps(out))
 """
 
@@ -448,7 +456,7 @@ for name, rates in (("two left", (1e-2, 1e30, 3e-3, 1e30)), ("one left", (1e-2, 
             for s, lr in enumerate(rates)]
     records = run_population(unit_of(cfgs), data, jax.devices("cpu")[:2], PROTOCOL)
     out[name] = {"statuses": [r.status for r in records],
-                 "retired": records[0].population.get("retired"),
+                 "retired": records[0].population.retired,
                  "losses": [r.test_loss for r in records if r.status == "ok"],
                  "alone": [run_trial(c, data, jax.devices("cpu")[0], PROTOCOL).test_loss
                            for c, r in zip(cfgs, records) if r.status == "ok"]}
@@ -493,8 +501,8 @@ def test_a_population_too_large_for_free_memory_is_split(dataset, monkeypatch):
     records = run(cfgs, dataset)
     assert sorted(r.key for r in records) == sorted(c.key for c in cfgs)
     assert all(r.status == "ok" for r in records)
-    assert all("TooLarge" in r.population["retry"] for r in records)
-    assert [r.population["size"] for r in records] == [2, 2, 2, 2]
+    assert all("TooLarge" in r.population.retry for r in records)
+    assert [r.population.size for r in records] == [2, 2, 2, 2]
 
 
 def test_check_fits_compares_the_program_with_free_memory(monkeypatch):
@@ -535,7 +543,7 @@ def test_auto_trains_conv_alone_on_cpu_and_populations_elsewhere():
 
 
 def test_the_populations_table_says_how_many_members_were_left():
-    assert _members_cell({"size": 27}) == ("27", 27.0)
+    assert _members_cell(PopulationFacts("g", 27)) == ("27", 27.0)
     retired = [{"after_epoch": 1, "members": 20}, {"after_epoch": 2, "members": 18}]
-    assert _members_cell({"size": 27, "retired": retired}) == (
+    assert _members_cell(PopulationFacts("g", 27, retired=retired)) == (
         "27, 20 from epoch 2, 18 from epoch 3", 27.0)

@@ -15,6 +15,7 @@ import pytest
 from bench.contract import results
 from bench.cli import main
 from bench.read.render.report import render_run
+from bench.contract.facts import PopulationFacts
 from bench.contract.schema import Record, TrialConfig
 from conftest import write_npz
 
@@ -51,7 +52,7 @@ def each_member(recorder: Recorder):
         records = [recorder(c, dataset, device_list[0], protocol, peak_flops=peak_flops,
                             on_epoch=on_epoch) for c in unit.members]
         for index, record in enumerate(records):
-            record.population = {"group": unit.group, "size": unit.size, "index": index}
+            record.population = PopulationFacts(unit.group, unit.size, index)
         return records
     return train_unit
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from bench.contract import registry
+from bench.contract.facts import MachineFacts, PopulationFacts
 from bench.contract.schema import (AXES, AXIS_BY_KEY, SCHEMA_VERSION, Record, SchemaError, SpecError,
                           TrialConfig, axis, make_config, model_options)
 from bench.contract.sweepfile import expand
@@ -333,16 +334,34 @@ def test_a_version_2_record_reads_without_machine_facts():
 
 
 def test_a_version_3_record_carries_the_machine_that_produced_it():
+    """Version 3's machine and population tables read into the typed facts of version 4."""
     machine = {"host": "alpha", "node": "ab" * 28, "platform": "cpu", "peak_flops": 1e11,
                "bench": "0.1.0"}
-    data = json.loads(json.dumps({**_record(machine=machine).to_json(), "schema_version": 3}))
-    assert SCHEMA_VERSION == 3 and data["machine"] == machine
-    assert Record.from_json(data).machine == machine
+    population = {"group": "95d8a5a3", "size": 3, "index": 1, "compile_s": 1.5,
+                  "epoch_s": [2.0, 1.0], "time_to_accuracy": {"0.9": None}}
+    data = {**_record().to_json(), "machine": machine, "population": population,
+            "schema_version": 3}
+    record = Record.from_json(json.loads(json.dumps(data)))
+    assert SCHEMA_VERSION == 4
+    assert record.machine == MachineFacts(**machine) and record.machine.host == "alpha"
+    assert record.population == PopulationFacts(**population) and record.population.together
+    assert record.time_to("0.9") is None
+    again = Record.from_json(record.to_json())  # written and read through the same classes
+    assert again.population == record.population and again.machine == record.machine
+    assert record.to_json()["population"] == population  # the same keys as version 3 wrote
 
 
-def test_a_version_4_record_is_refused():
-    with pytest.raises(SchemaError, match="schema version 4.*reads up to 3"):
-        Record.from_json({**_record().to_json(), "schema_version": 4})
+@pytest.mark.parametrize("table", ["population", "machine"])
+def test_an_unknown_fact_is_refused_by_name(table):
+    data = {**_record().to_json(), table: {"group": "g", "size": 1, "cores_used": 2}
+            if table == "population" else {"host": "a", "cores_used": 2}}
+    with pytest.raises(SchemaError, match=f"unknown {table} field.*cores_used"):
+        Record.from_json(data)
+
+
+def test_a_record_of_a_newer_version_is_refused():
+    with pytest.raises(SchemaError, match="schema version 5.*reads up to 4"):
+        Record.from_json({**_record().to_json(), "schema_version": 5})
 
 
 def test_unknown_record_fields_are_refused():

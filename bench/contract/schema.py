@@ -25,9 +25,14 @@ from dataclasses import dataclass, field
 from functools import cached_property
 
 from bench.contract import registry
+from bench.contract.facts import FactsError, MachineFacts, PopulationFacts
 from models import CELLS, IMPLS, MODELS
 
-SCHEMA_VERSION = 3  # 3: records carry `machine`; run.json lists the nodes that ran work
+# 3: records carry `machine`; run.json lists the nodes that ran work. 4: a record's
+# `population` and `machine` are typed (bench/contract/facts.py; the same keys), trial configs
+# gain `pooling`, machines and run.json `cpu_kernel_target`: a bench of version 3 would refuse
+# those fields, so it is told the file is newer.
+SCHEMA_VERSION = 4
 STATUSES = ("ok", "diverged", "failed")
 PLATFORMS = ("cpu", "gpu", "tpu", "auto")  # --device; bench.engine.devices resolves them
 
@@ -384,10 +389,15 @@ class Record:
     time_to_accuracy: dict = field(default_factory=dict)
     history: list = field(default_factory=list)
     reference: dict | None = None
-    population: dict | None = None
-    machine: dict | None = None
+    population: PopulationFacts | None = None
+    machine: MachineFacts | None = None
     error: str | None = None
     traceback: str | None = None
+
+    def __post_init__(self):
+        """Facts given as their JSON tables (a results.jsonl line, a test) become typed."""
+        self.population = PopulationFacts.from_json(self.population)
+        self.machine = MachineFacts.from_json(self.machine)
 
     @property
     def key(self) -> str:
@@ -412,7 +422,7 @@ class Record:
         """Training seconds until test accuracy first reached `target` ('0.97'); None if never.
 
         A member of a population has no clock of its own: its population's is used."""
-        clock = self.time_to_accuracy or (self.population or {}).get("time_to_accuracy") or {}
+        clock = self.time_to_accuracy or (self.population and self.population.time_to_accuracy) or {}
         return (clock.get(target) or {}).get("train_s")
 
     def step_times(self, scale: float = 1.0) -> list[float]:
@@ -427,7 +437,13 @@ class Record:
         out = {"schema_version": SCHEMA_VERSION, "key": self.key}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            out[f.name] = value.to_dict() if f.name == "config" else value
+            if f.name == "config":
+                value = value.to_dict()
+            elif f.name == "population" and value is not None:
+                value = PopulationFacts.from_json(value).to_json()  # checked as it is written
+            elif f.name == "machine" and value is not None:
+                value = MachineFacts.from_json(value).to_json()
+            out[f.name] = value
         return out
 
     @classmethod
@@ -444,9 +460,11 @@ class Record:
             raise SchemaError("a record needs its trial config ('config')")
         try:
             config = TrialConfig.from_dict(data["config"])
+            return cls(**{**data, "config": config})
         except SpecError as exc:
             raise SchemaError(f"config: {exc}") from None
-        return cls(**{**data, "config": config})
+        except FactsError as exc:
+            raise SchemaError(str(exc)) from None
 
 
 SCALAR_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Record)

@@ -37,6 +37,7 @@ from flax import nnx
 
 import models
 from bench.contract import registry
+from bench.contract.facts import PopulationFacts
 from bench.contract.schema import Record, TimingProtocol, TrialConfig, model_options
 from bench.contract.units import Unit, split_evenly
 from bench.engine import costs, devices
@@ -175,7 +176,7 @@ def _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops, on_e
         part = Unit(unit.group, tuple(half), alone=len(half) == 1)
         for record in train_unit(part, dataset, device_list, protocol, peak_flops=peak_flops,
                                  on_epoch=on_epoch):
-            record.population = {**(record.population or {}), "retry": note}
+            record.population.retry = note
             out.append(record)
     return out
 
@@ -388,8 +389,8 @@ class _UnitTraining:
         for record in self.records:
             record.status, record.error = "failed", failure_text(exc)
             record.traceback = "".join(traceback.format_exception(exc, limit=8))
-            record.population = {"group": self.unit.group, "size": self.unit.size,
-                                 "index": self.records.index(record)}
+            record.population = PopulationFacts(self.unit.group, self.unit.size,
+                                                self.records.index(record))
         if self.alone:
             self.records[0].wall_s = round(time.perf_counter() - self.start, 3)
         return self.records
@@ -500,7 +501,7 @@ class _UnitTraining:
             clock = [{**h, "epoch_s": h["population_epoch_s"]} for h in record.history]
             tta = time_to_accuracy(clock, self.protocol.targets, shared["compile_s"])
             tta = with_recompiles(tta, shared.get("retired", []))
-            record.population = {**shared, "index": index, "time_to_accuracy": tta}
+            record.population = PopulationFacts(**shared, index=index, time_to_accuracy=tta)
 
     def _finish_alone(self, record: Record) -> None:
         shared = self.shared
@@ -513,7 +514,7 @@ class _UnitTraining:
         record.time_to_accuracy = time_to_accuracy(record.history, self.protocol.targets,
                                                    record.compile_s or 0.0)
         record.wall_s = shared["wall_s"]
-        record.population = {"group": self.unit.group, "size": 1, "index": 0}
+        record.population = PopulationFacts(self.unit.group)
 
     def _steady_epochs(self) -> tuple[list[int], float]:
         """The epochs the steady figures cover, those after the first (else the only one),

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.contract import results
+from bench.contract.facts import data_identity
 from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
                                    make_config)
 from bench.contract.sweepfile import Sweep
@@ -171,8 +172,7 @@ def _recordable(options: RunOptions) -> dict:
 
 
 def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
-    keys = ("name", "source", "location", "train_examples", "test_examples")
-    before, now = ({k: d.get(k) for k in keys} for d in (header["data"], data))
+    before, now = data_identity(header["data"]), data_identity(data)
     if before != now:
         raise SpecError(f"{run_dir} was run on {before}; this data is {now}. Resume with the same "
                         f"--data, or give a new --out")

@@ -18,8 +18,9 @@ import socket
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from bench.run.groups import Unit
+from bench.contract.facts import MachineFacts, data_identity
 from bench.contract.schema import Record, TimingProtocol
+from bench.contract.units import Unit
 
 
 @dataclass(frozen=True)
@@ -68,7 +69,7 @@ def run_job(job: Job, on_epoch: OnEpoch | None = None) -> list[dict]:
     executor turns them into `failed` records for the unit's trials."""
     worker = _worker(job)
     records = worker.run(job, on_epoch)
-    facts = worker.facts(job.node)
+    facts = MachineFacts.from_json(worker.facts(job.node))
     for record in records:
         record.machine = facts
     return [r.to_json() for r in records]
@@ -193,8 +194,7 @@ def worker_facts(job: Job) -> dict:
 
 
 def _check_same_data(expected: dict, found: dict) -> None:
-    keys = ("name", "source", "train_examples", "test_examples")
-    want, have = ({k: d.get(k) for k in keys} for d in (expected, found))
+    want, have = data_identity(expected), data_identity(found)
     if want != have:
         raise RuntimeError(f"this node's data differs from the driver's: driver {want}, "
                            f"here {have}; give a --data every node reads alike")

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.contract.facts import MachineFacts
+from bench.contract.schema import Record
 from bench.read.render.aggregate import Stat
 from bench.read.render.document import Cell
 
@@ -95,26 +97,25 @@ def device_line(device: dict) -> str:
             f"host CPU {device.get('host_cpu')}, {device.get('usable_cpu_count')} usable cores")
 
 
-def machine_name(machine: dict) -> str:
+def machine_name(machine: MachineFacts) -> str:
     """E.g. 'gpu-box-3' or, for a Ray node, 'vm (node 85b17b)'."""
-    node = machine.get("node")
-    return f"{machine.get('host')}" + (f" (node {node[:6]})" if node else "")
+    node = machine.node
+    return f"{machine.host}" + (f" (node {node[:6]})" if node else "")
 
 
-def machines_line(records) -> str | None:
+def machines_line(records: list[Record]) -> str | None:
     """Which machines produced the records, with how many trials each, when more than one
     did (a Ray run on several nodes); None when one machine (or none recorded) did."""
     tally: dict[str, list] = {}
     for record in records:
-        machine = getattr(record, "machine", None) or {}
-        if machine:
-            entry = tally.setdefault(machine_name(machine), [0, machine])
+        if record.machine:
+            entry = tally.setdefault(machine_name(record.machine), [0, record.machine])
             entry[0] += 1
     if len(tally) <= 1:
         return None
-    hosts = {m.get("host") for _, m in tally.values()}
+    hosts = {m.host for _, m in tally.values()}
     what = (f"{len(tally)} nodes" + (f" on {len(hosts)} machines" if len(hosts) > 1 else " of one machine"))
-    parts = [f"{name}, {m.get('cpu') or m.get('device_kind')}: {n} trial{'s' if n != 1 else ''}"
+    parts = [f"{name}, {m.cpu or m.device_kind}: {n} trial{'s' if n != 1 else ''}"
              for name, (n, m) in sorted(tally.items())]
     return f"{what}: " + "; ".join(parts)
 

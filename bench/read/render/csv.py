@@ -65,14 +65,14 @@ def flat_row(run: Run, record: Record, keys: list[str]) -> dict:
     row |= _flat("round", record.round_stats or {})
     row |= _flat("memory", record.memory)
     row |= _tta(record.time_to_accuracy, keys)
-    population = record.population or {}
+    population = record.population.to_json() if record.population else {}
     row |= {f"population_{k}": v for k, v in population.items() if k in POPULATION_COLUMNS}
     if "members_per_epoch" in population:  # e.g. "27 20 20" once diverged members were dropped
         row["population_members_per_epoch"] = " ".join(map(str, population["members_per_epoch"]))
     if "time_to_accuracy" in population:  # on the population's clock, shared by its members
         row |= _tta(population["time_to_accuracy"], keys, prefix="population_")
-    machine = record.machine or {}
-    row |= {f"machine_{k}": machine.get(k) for k in
+    machine = record.machine
+    row |= {f"machine_{k}": getattr(machine, k) if machine else None for k in
             ("host", "node", "cpu", "device_kind", "peak_flops", "bench", "jax")}
     row |= {"reference_name": ref.get("name"), "reference_source": ref.get("source"),
             "reference_published_test_accuracy": ref.get("published_test_accuracy"),

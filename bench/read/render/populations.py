@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from bench.read.render.cells import Cell, number_cell, text_cell
 from bench.read.render.document import Section, Table, table
 from bench.read.render.runs import Run
+from bench.contract.facts import PopulationFacts
 from bench.contract.schema import PER_MEMBER, Record
 
 
@@ -25,7 +26,7 @@ class Population:
     members: tuple[Record, ...]
 
     @property
-    def shared(self) -> dict:
+    def shared(self) -> PopulationFacts:
         return self.members[0].population
 
     @property
@@ -35,7 +36,7 @@ class Population:
 
 
 def trained_together(record: Record) -> bool:
-    return (record.population or {}).get("size", 1) > 1
+    return record.population is not None and record.population.together
 
 
 def populations(runs: list[Run]) -> list[Population]:
@@ -44,7 +45,7 @@ def populations(runs: list[Run]) -> list[Population]:
     for index, run in enumerate(runs):
         for record in filter(trained_together, run.records):
             shared = record.population
-            key = (index, shared["group"], shared.get("compile_s"), tuple(shared.get("epoch_s", ())))
+            key = (index, shared.group, shared.compile_s, tuple(shared.epoch_s))
             found.setdefault(key, []).append(record)
     return [Population(runs[key[0]].label, tuple(members)) for key, members in found.items()]
 
@@ -65,23 +66,22 @@ CAPTION = ("Trials that differ only in seed, learning rate, L1, L2 and dropout r
            "to accuracy of these trials is on their population's clock.")
 
 
-def _members_cell(shared: dict) -> Cell:
+def _members_cell(shared: PopulationFacts) -> Cell:
     """E.g. '27' or '27, 20 from epoch 2' when diverged members were dropped."""
-    text = str(shared["size"]) + "".join(f", {r['members']} from epoch {r['after_epoch'] + 1}"
-                                         for r in shared.get("retired", []))
-    return Cell(text, float(shared["size"]))
+    text = str(shared.size) + "".join(f", {r['members']} from epoch {r['after_epoch'] + 1}"
+                                      for r in shared.retired)
+    return Cell(text, float(shared.size))
 
 
 def _row(p: Population, several_runs: bool) -> list[Cell]:
     shared = p.shared
     cells = [text_cell(p.label), _members_cell(shared),
-             number_cell(shared.get("devices"), "count"), number_cell(shared.get("compile_s"), "s"),
-             number_cell(shared.get("first_epoch_s"), "s"),
-             number_cell(shared.get("steady_epoch_s"), "s"),
-             number_cell(shared.get("member_samples_per_s"), "rate"),
-             number_cell(shared.get("peak_fraction"), "pct"),
-             Cell(f"{shared['speedup']:.2f}×" if shared.get("speedup") else "",
-                  shared.get("speedup"))]
+             number_cell(shared.devices, "count"), number_cell(shared.compile_s, "s"),
+             number_cell(shared.first_epoch_s, "s"),
+             number_cell(shared.steady_epoch_s, "s"),
+             number_cell(shared.member_samples_per_s, "rate"),
+             number_cell(shared.peak_fraction, "pct"),
+             Cell(f"{shared.speedup:.2f}×" if shared.speedup else "", shared.speedup)]
     return [text_cell(p.run), *cells] if several_runs else cells
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.contract import facts
 from bench.contract.results import HEADER, RESULTS, read_header, read_results
 from bench.contract.schema import Record, SchemaError, check_version
 
@@ -83,6 +84,5 @@ def load_runs(paths: list[Path]) -> list[Run]:
 
 
 def data_identity(header: dict) -> tuple:
-    """What makes two runs' accuracies comparable: data set name, source and split sizes."""
-    data = header.get("data") or {}
-    return tuple(data.get(k) for k in ("name", "source", "train_examples", "test_examples"))
+    """What makes two runs' accuracies comparable: the identity of their data sets."""
+    return tuple(facts.data_identity(header.get("data") or {}).values())
