@@ -19,7 +19,6 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from bench.contract import registry
 from bench.engine import costs, training
 from bench.contract.registry import ACTIVATIONS
 from bench.contract.schema import TimingProtocol, make_config

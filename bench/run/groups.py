@@ -14,7 +14,7 @@ import hashlib
 import json
 from collections.abc import Callable, Iterable
 
-from bench.contract.schema import AXES, PER_MEMBER, SHARED, SpecError, TrialConfig
+from bench.contract.schema import AXES, PER_MEMBER, SHARED, SpecError, TrialConfig  # noqa: F401 (PER_MEMBER, SHARED re-exported)
 from bench.contract.units import Unit, split_evenly
 
 OFF, AUTO = "off", "auto"
