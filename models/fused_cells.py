@@ -86,6 +86,11 @@ _KERNEL = native_kernels.Loader(SPEC, lambda: _library_path())  # read at load: 
 _load, status = _KERNEL.load, _KERNEL.status
 
 
+def used_by(trial) -> bool:
+    """Whether a trial (a TrialConfig) would run this kernel on CPU (the run says so)."""
+    return trial.model == "recurrent" and trial.cell != "lstm" and trial.impl == "tuned"
+
+
 def supports(cell: str, activation: Callable) -> bool:
     return cell in CELL_IDS and activation in ACTIVATION_IDS and _load() is None
 

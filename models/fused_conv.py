@@ -106,6 +106,11 @@ def runs_kernel(pooling: str | None) -> bool:
     return pooling in POOLINGS
 
 
+def used_by(trial) -> bool:
+    """Whether a trial (a TrialConfig) would run this kernel on CPU (the run says so)."""
+    return trial.model == "conv" and trial.impl == "tuned" and runs_kernel(trial.pooling)
+
+
 # ---- the block -------------------------------------------------------------------------------
 
 def _f32(*shape: int) -> jax.ShapeDtypeStruct:

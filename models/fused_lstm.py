@@ -99,6 +99,11 @@ _KERNEL = native_kernels.Loader(SPEC, lambda: _library_path())  # read at load: 
 _load, status = _KERNEL.load, _KERNEL.status
 
 
+def used_by(trial) -> bool:
+    """Whether a trial (a TrialConfig) would run this kernel on CPU (the run says so)."""
+    return trial.model == "recurrent" and trial.cell == "lstm"
+
+
 def blas_threads() -> int | None:
     """The threads OpenBLAS runs the kernel's matrix products on, and the most threads a
     population's members are spread over (lstm_cpu.cc); None when the kernel is off."""

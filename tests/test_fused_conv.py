@@ -22,7 +22,7 @@ from flax import nnx
 from bench.engine import costs, training
 from bench.contract.registry import ACTIVATIONS
 from bench.contract.schema import TimingProtocol, make_config
-from models import fused_conv, native_kernels
+from models import fused_cells, fused_conv, fused_lstm, native_kernels
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls
 from rounding import assert_close, conv_block_terms
 from test_models import images, model_terms, normal, tiny
@@ -190,6 +190,14 @@ def test_a_trial_config_tells_which_form_its_blocks_ran():
     for pooling in ("max", "stride"):
         assert not fused_conv.runs_kernel(make_config({**base, "pooling": pooling}).pooling)
     assert not fused_conv.runs_kernel(make_config({**base, "model": "dense"}).pooling)
+    # The trials a run lists under the kernel (each kernel module's used_by):
+    assert fused_conv.used_by(make_config(base))
+    assert not fused_conv.used_by(make_config({**base, "pooling": "max"}))
+    assert not fused_conv.used_by(make_config({**base, "impl": "flax"}))
+    assert not fused_conv.used_by(make_config({**base, "model": "dense"}))
+    lstm = make_config({**base, "model": "recurrent"})
+    assert fused_lstm.used_by(lstm) and not fused_cells.used_by(lstm)
+    assert fused_cells.used_by(make_config({**base, "model": "recurrent", "cell": "gru"}))
 
 
 def test_cnn_computes_no_input_gradient_for_the_data():

@@ -195,8 +195,8 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
     if header["device"]["platform"] == "cpu":
         target = header.get("cpu_kernel_target")
         built_for = f" (built for {target})" if target not in (None, "native") else ""
-        for label, runs_it, kernel in _CPU_KERNELS:
-            if any(runs_it(t) for t in sweep.trials):
+        for label, kernel in _CPU_KERNELS:
+            if any(kernel.used_by(t) for t in sweep.trials):
                 status = kernel.status()
                 console.print(f"{label}: fused CPU kernel {status}"
                               + (built_for if status == "on" else ""))
@@ -217,14 +217,9 @@ def _units_line(units: list[Unit]) -> str:
             + (f", {alone} alone" if alone else ""))
 
 
-# The CPU kernels a run says it used, each with the trials that run it.
-_CPU_KERNELS = [
-    ("LSTM time loop", lambda t: t.model == "recurrent" and t.cell == "lstm", fused_lstm),
-    ("GRU/simple-cell time loop",
-     lambda t: t.model == "recurrent" and t.cell != "lstm" and t.impl == "tuned", fused_cells),
-    ("convolution blocks", lambda t: t.model == "conv" and t.impl == "tuned"
-     and fused_conv.runs_kernel(t.pooling), fused_conv),
-]
+# The CPU kernels a run says it used (each kernel's module says which trials run it: `used_by`).
+_CPU_KERNELS = [("LSTM time loop", fused_lstm), ("GRU/simple-cell time loop", fused_cells),
+                ("convolution blocks", fused_conv)]
 
 
 def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
