@@ -308,11 +308,11 @@ def _refuse_changes(asked: dict, recorded: dict, run_dir: Path) -> None:
 
 def _recorded_settings(run_dir: Path | None) -> dict:
     """The options and timing protocol a run directory was made with ({} for a new run)."""
-    from bench.contract.results import HEADER, read_header
+    from bench.contract.results import HEADER, load_header
     if run_dir is None or not (Path(run_dir) / HEADER).is_file():
         return {}
-    header = read_header(run_dir)
-    recorded = {**header.get("protocol", {}), **header.get("options", {})}
+    header = load_header(run_dir)
+    recorded = {**header.protocol, **header.options}
     if "targets" in recorded:
         recorded["targets"] = tuple(recorded["targets"])
     return recorded

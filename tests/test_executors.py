@@ -29,7 +29,7 @@ from bench.run.executors import (EXECUTOR_NAMES, RAY_INSTALL, SerialExecutor, ch
 from bench.run.groups import Unit, group_id
 from bench.run.ray_executor import Slot, cluster_platform, plan_slots
 from bench.run.runner import NodeLedger
-from bench.contract.facts import MachineFacts
+from bench.contract.facts import MachineFacts, RunHeader
 from bench.contract.schema import Record, SpecError, TimingProtocol, make_config
 from bench.run.work import DataSpec, Job, failed_records, run_job
 from conftest import FAKE_PEAK, isolated_env, write_npz
@@ -377,32 +377,32 @@ def machine_lines(host: str, node_id: str | None, count: int) -> list[dict]:
 
 
 def test_the_node_ledger_counts_units_and_trials_per_node():
-    header: dict = {}
+    header = RunHeader()
     ledger = NodeLedger(header)
     job = Job(unit=a_population(), data=DataSpec())
 
     assert ledger.add(job, machine_lines("alpha", A, 3)) is True
     assert ledger.add(job, machine_lines("alpha", A, 2)) is False  # same node: counted in
-    assert header["nodes"] == [{"host": "alpha", "node": A, "platform": "cpu",
+    assert header.nodes == [{"host": "alpha", "node": A, "platform": "cpu",
                                 "peak_flops": 1e11, "units": 2, "trials": 5}]
     assert ledger.add(job, machine_lines("alpha", B, 1)) is True  # same host, other node
     assert ledger.add(job, machine_lines("beta", None, 1)) is True  # serial, another machine
     assert ledger.add(job, [{"key": "k", "status": "failed", "machine": None}]) is False
     assert ledger.add(job, [{"key": "k", "status": "ok"}]) is False  # a record without machine
-    assert [(n["host"], n["node"], n["units"], n["trials"]) for n in header["nodes"]] == [
+    assert [(n["host"], n["node"], n["units"], n["trials"]) for n in header.nodes] == [
         ("alpha", A, 2, 5), ("alpha", B, 1, 1), ("beta", None, 1, 1)]
 
 
 def test_the_node_ledger_keeps_a_resumed_runs_nodes_and_the_unit_times():
-    header = {"nodes": [{"host": "alpha", "node": None, "units": 4, "trials": 4}]}
+    header = RunHeader(nodes=[{"host": "alpha", "node": None, "units": 4, "trials": 4}])
     ledger = NodeLedger(header)
     job = Job(unit=a_population(), data=DataSpec())
     assert ledger.add(job, machine_lines("alpha", None, 3)) is False  # listed by the first run
-    assert header["nodes"] == [{"host": "alpha", "node": None, "units": 5, "trials": 7}]
-    ledger.close(None)
-    assert "executor_units" not in header
+    assert header.nodes == [{"host": "alpha", "node": None, "units": 5, "trials": 7}]
+    ledger.close([])
+    assert "executor_units" not in header.to_json()
     ledger.close([{"node": "alpha:aaaaaa", "trials": 3, "round_trip_s": 1.5, "work_s": 1.2}])
-    assert header["executor_units"] == [{"node": "alpha:aaaaaa", "trials": 3,
+    assert header.executor_units == [{"node": "alpha:aaaaaa", "trials": 3,
                                          "round_trip_s": 1.5, "work_s": 1.2}]
 
 

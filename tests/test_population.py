@@ -31,7 +31,7 @@ from bench.engine.training import train_unit as run_population, with_recompiles,
 from bench.read.render.csv import render_csv
 from bench.read.render.populations import _members_cell, populations_table
 from bench.read.render.runs import Run
-from bench.contract.facts import PopulationFacts
+from bench.contract.facts import PopulationFacts, RunHeader
 from bench.contract.schema import AXES, TimingProtocol, make_config
 from bench.engine.steps import (Hyper, Penalty, build_member_program, build_program, injected,
                          population_program)
@@ -307,7 +307,7 @@ def test_diverged_members_retired_from_the_population_leave_the_others_as_alone(
     assert pop.speedup == pytest.approx(
         2 * sum(own) / (pop.epoch_s[1] + pop.epoch_s[2]), abs=0.01)
     # The reports say how many members were left, and from when.
-    runs = [Run(Path("run"), {"run_id": "r"}, tuple(records), "run")]
+    runs = [Run(Path("run"), RunHeader(run_id="r"), tuple(records), "run")]
     assert populations_table(runs).rows[0][1].text == "4, 2 from epoch 2"
     rows = csv.DictReader(io.StringIO(render_csv(runs)))
     assert {row["population_members_per_epoch"] for row in rows} == {"4 2 2"}

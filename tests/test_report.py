@@ -311,7 +311,7 @@ def test_csv_keeps_formula_like_text_from_running_in_a_spreadsheet(tmp_path):
 def test_run_end_shows_seed_statistics_per_configuration(tmp_path, capsys):
     run = report_data.write_run(tmp_path / "run", report_data.header(), report_data.golden_records())
     records = results.read_results(run)
-    assert _finish(run, results.read_header(run), len(records), interrupted=False) == 0
+    assert _finish(run, results.load_header(run), len(records), interrupted=False) == 0
     out = capsys.readouterr().out
     assert "by configuration: mean ± sd over seeds" in out
     lines = [line for line in out.splitlines() if "conv-16 relu adam" in line]
@@ -326,6 +326,6 @@ def test_run_end_shows_seed_statistics_per_configuration(tmp_path, capsys):
 def test_run_end_shows_no_seed_table_for_single_seed_runs(tmp_path, capsys):
     cfg = report_data.config("dense", 8, "relu", "sgd", 0)
     run = report_data.write_run(tmp_path / "run", report_data.header(), [report_data.record(cfg)])
-    assert _finish(run, results.read_header(run), 1, interrupted=False) == 0
+    assert _finish(run, results.load_header(run), 1, interrupted=False) == 0
     out = capsys.readouterr().out
     assert "mean ± sd over seeds" not in out and "dense-8 relu sgd" in out

@@ -19,7 +19,9 @@ from pathlib import Path
 import pytest
 
 from bench.contract import results
+from bench.contract.facts import RunHeader
 from bench.contract.results import RunDirBusy, RunDirError, lock_run_dir, new_run_dir
+from bench.contract.schema import SchemaError
 
 NOW = dt.datetime(2026, 12, 1, 10, 0, 0)
 REPO = Path(__file__).resolve().parents[1]
@@ -519,3 +521,20 @@ def test_cache_leaves_no_temporary_file(isolated, fake_peak, cpu):
     names = sorted(p.name for p in cache_path().parent.iterdir())
     assert names[:2] == ["calibration.json", "calibration.json.lock"]  # the cache and its lock
     assert names[2:] == [f"calibration.measuring.{socket.gethostname()}.lock"]  # the node's
+
+
+def test_run_json_is_read_through_the_run_header(tmp_path):
+    """run.json is written and read as a RunHeader: the fields it names, migrated from older
+    versions, and an unknown field refused by name."""
+    header = RunHeader(run_id="r1", schema_version=3, name="quick", device={"platform": "cpu"},
+                       nodes=[{"host": "a", "units": 1, "trials": 2}])
+    results.write_header(tmp_path, header)
+    written = results.read_header(tmp_path)
+    assert "resumed" not in written and written["nodes"] == header.nodes
+    read = results.load_header(tmp_path)
+    assert read == header and read.population_setting is None
+    read.resumed.append({"command": "python -m bench run --resume r1", "population": "off"})
+    assert read.population_setting == "off"  # this invocation's setting, not the first one's
+    results.write_header(tmp_path, {**written, "colour": "blue"})
+    with pytest.raises(SchemaError, match="unknown run.json field.*colour"):
+        results.load_header(tmp_path)

@@ -1,7 +1,8 @@
-"""Typed facts of a record: how its trial was trained (`PopulationFacts`) and the machine that
-produced it (`MachineFacts`), and the data set's identity. Written and read through these
-classes (the engine and the workers build them, Record's JSON form converts them), so a
-field is named once; results.jsonl keeps the same keys as before they were typed.
+"""Typed facts: a run's header (`RunHeader`, run.json), how a trial was trained
+(`PopulationFacts`) and the machine that produced it (`MachineFacts`), and the data set's
+identity. Written and read through these classes (the runner, the engine and the workers
+build them; their JSON forms convert them), so a field is named once; the files keep the
+keys they had before they were typed.
 """
 
 from __future__ import annotations
@@ -114,3 +115,61 @@ DATA_IDENTITY = ("name", "source", "train_examples", "test_examples")
 def data_identity(data: dict) -> dict:
     """The fields of a data set's description (Dataset.describe) that identify it."""
     return {name: data.get(name) for name in DATA_IDENTITY}
+
+
+@dataclass(slots=True)
+class RunHeader:
+    """run.json: everything needed to say where a run's numbers came from, and its plan.
+
+    Written by the runner (bench/run/runner.py) through bench/contract/results.py, read by
+    the reports and `bench compare` (bench/read). A resumed run keeps its first header and
+    lists each later invocation under `resumed`."""
+
+    run_id: str | None = None
+    schema_version: int | None = None
+    started: str | None = None
+    command: str | None = None
+    git_commit: str | None = None
+    versions: dict = field(default_factory=dict)    # package -> version
+    device: dict = field(default_factory=dict)      # platform, device kind and count, host CPU
+    data: dict = field(default_factory=dict)        # Dataset.describe(): identity and provenance
+    name: str | None = None                         # the sweep's (preset's) name
+    tags: list = field(default_factory=list)
+    calibration: dict = field(default_factory=dict)  # the peak every % of peak divides by
+    fused_lstm_cpu: str | None = None                # each CPU kernel's status ('on' or why not)
+    fused_cells_cpu: str | None = None
+    fused_conv_cpu: str | None = None
+    cpu_kernel_target: str | None = None             # what the kernels were compiled for
+    openblas_threads: int | None = None
+    protocol: dict = field(default_factory=dict)     # the timing protocol
+    options: dict = field(default_factory=dict)      # device and data options a resume must keep
+    driver: dict | None = None                       # the driving process's machine
+    plan: list = field(default_factory=list)         # every planned trial's config
+    references: dict = field(default_factory=dict)   # key -> published reference
+    nodes: list = field(default_factory=list)        # machines that ran units, with counts
+    population: str | int | None = None              # how this invocation grouped trials
+    executor: dict | None = None                     # the executor's description
+    devices: list | None = None                      # the devices a serial run used
+    workers: int | None = None                       # a cluster's workers
+    resumed: list = field(default_factory=list)      # later invocations: command, time, how
+    executor_units: list = field(default_factory=list)  # per unit: node, seconds on the wire
+
+    def current(self) -> dict | RunHeader:
+        """Where this invocation's settings go: the latest `resumed` entry, else the header."""
+        return self.resumed[-1] if self.resumed else self
+
+    @property
+    def population_setting(self) -> str | int | None:
+        latest = self.current()
+        return latest.get("population") if isinstance(latest, dict) else self.population
+
+    def to_json(self) -> dict:
+        out = dataclasses.asdict(self)
+        for name in ("resumed", "executor_units", "tags"):  # written only once there are any
+            if not out[name]:
+                del out[name]
+        return out
+
+    @classmethod
+    def from_json(cls, data: dict | None) -> RunHeader | None:
+        return _from_json(cls, data, "run.json")

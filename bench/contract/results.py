@@ -29,7 +29,8 @@ from collections.abc import Iterator
 from importlib import metadata
 from pathlib import Path
 
-from bench.contract.schema import SCHEMA_VERSION
+from bench.contract.facts import FactsError, RunHeader
+from bench.contract.schema import SCHEMA_VERSION, SchemaError, check_version
 
 HEADER = "run.json"
 RESULTS = "results.jsonl"
@@ -226,19 +227,12 @@ def git_commit() -> str | None:
 
 
 def make_header(run_id: str, *, device: dict, data: dict, argv: list[str] | None = None,
-                extra: dict | None = None) -> dict:
-    """The run.json contents: everything needed to say where the numbers came from."""
-    return {
-        "schema_version": SCHEMA_VERSION,
-        "run_id": run_id,
-        "started": now_iso(),
-        "command": " ".join(argv if argv is not None else sys.argv),
-        "git_commit": git_commit(),
-        "versions": package_versions(),
-        "device": device,
-        "data": data,
-        **(extra or {}),
-    }
+                extra: dict | None = None) -> RunHeader:
+    """A new run's header: everything needed to say where the numbers came from."""
+    return RunHeader(run_id=run_id, schema_version=SCHEMA_VERSION, started=now_iso(),
+                     command=" ".join(argv if argv is not None else sys.argv),
+                     git_commit=git_commit(), versions=package_versions(), device=device,
+                     data=data, **(extra or {}))
 
 
 def write_atomic(path: Path, text: str) -> None:
@@ -262,11 +256,13 @@ def write_atomic(path: Path, text: str) -> None:
         raise
 
 
-def write_header(run_dir: Path, header: dict) -> None:
-    """Writes run.json atomically (see write_atomic)."""
+def write_header(run_dir: Path, header: RunHeader | dict) -> None:
+    """Writes run.json atomically (see write_atomic): a RunHeader (as bench run does), or a
+    table as it is."""
     run_dir = Path(run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    write_atomic(run_dir / HEADER, json.dumps(header, indent=2) + "\n")
+    table = header.to_json() if isinstance(header, RunHeader) else header
+    write_atomic(run_dir / HEADER, json.dumps(table, indent=2) + "\n")
 
 
 def read_header(run_dir: Path) -> dict:
@@ -286,6 +282,18 @@ def read_header(run_dir: Path) -> dict:
     if not isinstance(header, dict):
         raise RunDirError(f"{file} is corrupt (a JSON {_kind(header)}, not an object); {fix}")
     return header
+
+
+def load_header(run_dir: Path) -> RunHeader:
+    """The run's run.json as a RunHeader, of a version this bench reads (migrated as it is
+    read); RunDirError or SchemaError (one line) otherwise."""
+    header = read_header(run_dir)
+    where = str(Path(run_dir) / HEADER)
+    check_version(header.get("schema_version"), where)
+    try:
+        return RunHeader.from_json(header)
+    except FactsError as exc:
+        raise SchemaError(f"{where}: {exc}") from None
 
 
 def _json_error(exc: json.JSONDecodeError) -> str:

@@ -28,10 +28,10 @@ from bench.contract import registry
 from bench.contract.facts import FactsError, MachineFacts, PopulationFacts
 from models import CELLS, IMPLS, MODELS
 
-# 3: records carry `machine`; run.json lists the nodes that ran work. 4: a record's
-# `population` and `machine` are typed (bench/contract/facts.py; the same keys), trial configs
-# gain `pooling`, machines and run.json `cpu_kernel_target`: a bench of version 3 would refuse
-# those fields, so it is told the file is newer.
+# 3: records carry `machine`; run.json lists the nodes that ran work. 4: run.json and a
+# record's `population` and `machine` are typed (bench/contract/facts.py; the same keys), trial
+# configs gain `pooling`, machines and run.json `cpu_kernel_target`: a bench of version 3 would
+# refuse those fields, so it is told the file is newer.
 SCHEMA_VERSION = 4
 STATUSES = ("ok", "diverged", "failed")
 PLATFORMS = ("cpu", "gpu", "tpu", "auto")  # --device; bench.engine.devices resolves them

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from bench.read.render.cells import machines_line
 from bench.read.render.runs import read_records, read_run_header
+from bench.contract.facts import RunHeader, data_identity
 from bench.contract.results import HEADER
 from bench.contract.schema import Record
 
@@ -47,7 +48,7 @@ class Run:
     """One side of a comparison: where it came from, its header (if any) and records."""
 
     path: Path
-    header: dict | None
+    header: RunHeader | None
     records: tuple[Record, ...]
 
 
@@ -69,7 +70,7 @@ def load_run(path: Path | str) -> Run:
 
 def peak_flops(run: Run) -> float:
     """The run's calibrated fp32 peak FLOP/s; CompareError if it has none."""
-    calibration = (run.header or {}).get("calibration") or {}
+    calibration = run.header.calibration if run.header else {}
     peak = calibration.get("peak_flops") if isinstance(calibration, dict) else None
     if not isinstance(peak, (int, float)) or not peak > 0:
         raise CompareError(f"{run.path}: no calibration.peak_flops in {HEADER}; "
@@ -272,7 +273,8 @@ def compare_runs(baseline: Run, candidate: Run, thresholds: Thresholds = Thresho
     """compare_records on two loaded runs, with timings × peak FLOP/s if `normalize`."""
     scales = (peak_flops(baseline), peak_flops(candidate)) if normalize else (1.0, 1.0)
     result = compare_records(list(baseline.records), list(candidate.records), thresholds, scales)
-    warnings = run_warnings(baseline.header or {}, candidate.header or {}, normalize)
+    warnings = run_warnings(baseline.header or RunHeader(), candidate.header or RunHeader(),
+                            normalize)
     warnings += machine_warnings(baseline, candidate)
     return dataclasses.replace(result, warnings=warnings, normalized=normalize)
 
@@ -288,14 +290,13 @@ def machine_warnings(baseline: Run, candidate: Run) -> tuple[str, ...]:
     return tuple(out)
 
 
-def run_warnings(base: dict, cand: dict, normalize: bool) -> tuple[str, ...]:
+def run_warnings(base: RunHeader, cand: RunHeader, normalize: bool) -> tuple[str, ...]:
     """Header differences that make the comparison suspect: data set, and device unless normalized."""
     out = []
-    ident = lambda d: tuple((d.get("data") or {}).get(k) for k in ("name", "train_examples",  # noqa: E731
-                                                                  "test_examples"))
-    if base.get("data") and cand.get("data") and ident(base) != ident(cand):
+    ident = lambda h: tuple(data_identity(h.data).values())  # noqa: E731
+    if base.data and cand.data and ident(base) != ident(cand):
         out.append(f"different data sets: {ident(base)} vs {ident(cand)}; accuracies are not comparable")
-    where = lambda d: tuple((d.get("device") or {}).get(k) for k in ("device_kind", "host_cpu"))  # noqa: E731
-    if not normalize and base.get("device") and cand.get("device") and where(base) != where(cand):
+    where = lambda h: tuple(h.device.get(k) for k in ("device_kind", "host_cpu"))  # noqa: E731
+    if not normalize and base.device and cand.device and where(base) != where(cand):
         out.append(f"different devices: {where(base)} vs {where(cand)}; consider --normalize")
     return tuple(out)

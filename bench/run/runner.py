@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.contract import results
-from bench.contract.facts import data_identity
+from bench.contract.facts import RunHeader, data_identity
 from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
                                    make_config)
 from bench.contract.sweepfile import Sweep
@@ -88,7 +88,7 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
         header = _header(previous, sweep, run_dir, facts, dataset, peak, options, argv)
         # How this invocation trains: a resumed run may change it (records say how each trained).
         how = {"population": options.population, "executor": executor.describe(), **placed.where}
-        (header if previous is None else header["resumed"][-1]).update(how)
+        _record_how(header, how)
         results.write_header(run_dir, header)
         todo, kept_failed = _unfinished(sweep, done, options.retry_failed)
         units = plan_units(todo, options.population, lambda c: auto_cap(facts["platform"], c.model))
@@ -122,23 +122,32 @@ def auto_cap(platform: str, family: str) -> int:
     return POPULATION_CAP.get(platform, 64)
 
 
-def _previous_header(run_dir: Path) -> dict | None:
+def _record_how(header: RunHeader, how: dict) -> None:
+    """This invocation's population setting, executor and devices or workers: on the header
+    of a new run, in the latest `resumed` entry of a resumed one."""
+    if header.resumed:
+        header.resumed[-1].update(how)
+    else:
+        for name, value in how.items():
+            setattr(header, name, value)
+
+
+def _previous_header(run_dir: Path) -> RunHeader | None:
     """The header of the run being resumed, None for a new run."""
     if (run_dir / results.HEADER).exists():
         return read_run_header(run_dir)
     return None
 
 
-def _planned_sweep(previous: dict | None) -> Sweep:
-    plan = (previous or {}).get("plan")
+def _planned_sweep(previous: RunHeader | None) -> Sweep:
+    plan = previous.plan if previous else []
     if not plan:
         raise SpecError("this run directory records no plan; give the sweep again (flags, --sweep or --preset)")
     trials = tuple(make_config(c) for c in plan)  # names checked: these trials will run
-    return Sweep(name=previous.get("name", ""), trials=trials,
-                 references=previous.get("references", {}))
+    return Sweep(name=previous.name or "", trials=trials, references=previous.references)
 
 
-def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv) -> dict:
+def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv) -> RunHeader:
     """A new run's header, or the resumed run's with the new plan merged in."""
     command = " ".join(["python -m bench", *argv])
     if previous is None:
@@ -150,15 +159,14 @@ def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv
                                             "protocol": dataclasses.asdict(options.protocol),
                                             "options": _recordable(options),
                                             "driver": work.machine_facts()})
-        header["plan"], header["references"], header["nodes"] = [], {}, []
     else:
-        header = dict(previous, schema_version=SCHEMA_VERSION)
-        header.setdefault("resumed", []).append({"command": command, "at": results.now_iso(),
-                                                 "retry_failed": options.retry_failed})
-    planned = {TrialConfig.from_dict(c).key: c for c in header["plan"]}
+        header = dataclasses.replace(previous, schema_version=SCHEMA_VERSION)
+        header.resumed.append({"command": command, "at": results.now_iso(),
+                               "retry_failed": options.retry_failed})
+    planned = {TrialConfig.from_dict(c).key: c for c in header.plan}
     planned.update({t.key: t.to_dict() for t in sweep.trials if t.key not in planned})
-    header["plan"] = list(planned.values())
-    header["references"] = {**header.get("references", {}), **sweep.references}
+    header.plan = list(planned.values())
+    header.references = {**header.references, **sweep.references}
     return header
 
 
@@ -171,14 +179,14 @@ def _recordable(options: RunOptions) -> dict:
             "data_dir": options.data_dir}
 
 
-def _check_same_data(header: dict, data: dict, run_dir: Path) -> None:
-    before, now = data_identity(header["data"]), data_identity(data)
+def _check_same_data(header: RunHeader, data: dict, run_dir: Path) -> None:
+    before, now = data_identity(header.data), data_identity(data)
     if before != now:
         raise SpecError(f"{run_dir} was run on {before}; this data is {now}. Resume with the same "
                         f"--data, or give a new --out")
 
 
-def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: int,
+def _announce(header: RunHeader, sweep: Sweep, todo: list, peak: dict, kept_failed: int,
               units: list[Unit], executor: Executor) -> None:
     console = terminal.console
     done = len(sweep.trials) - len(todo)
@@ -186,23 +194,23 @@ def _announce(header: dict, sweep: Sweep, todo: list, peak: dict, kept_failed: i
             if kept_failed else "")
     console.print(f"[bold]bench[/] {sweep.name}: {len(sweep.trials)} trials"
                   + (f", {done} already finished{kept}" if done else "")
-                  + f"; {device_line(header['device'])}")
+                  + f"; {device_line(header.device)}")
     if peak.get("warning"):
         console.print(f"[yellow]{peak['warning']}")
-    console.print(f"data: {data_line(header['data'])}")
+    console.print(f"data: {data_line(header.data)}")
     console.print(f"peak (fp32 {peak['matrix_size']}² matmul{', cached' if peak['cached'] else ''}): "
                   f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s")
-    if header["device"]["platform"] == "cpu":
-        target = header.get("cpu_kernel_target")
+    if header.device.get("platform") == "cpu":
+        target = header.cpu_kernel_target
         built_for = f" (built for {target})" if target not in (None, "native") else ""
         for label, kernel in _CPU_KERNELS:
             if any(kernel.used_by(t) for t in sweep.trials):
                 status = kernel.status()
                 console.print(f"{label}: fused CPU kernel {status}"
                               + (built_for if status == "on" else ""))
-    population = (header.get("resumed") or [header])[-1].get("population")
+    population = header.population_setting
     console.print(f"populations ({population}): {_units_line(units)}")
-    for line in executor.announce(header["device"]):
+    for line in executor.announce(header.device):
         console.print(line)
 
 
@@ -222,13 +230,13 @@ _CPU_KERNELS = [("LSTM time loop", fused_lstm), ("GRU/simple-cell time loop", fu
                 ("convolution blocks", fused_conv)]
 
 
-def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int:
+def _finish(run_dir: Path, header: RunHeader, planned: int, interrupted: bool) -> int:
     console = terminal.console
     run = load_run(run_dir)
     records = run.records
     leaderboard = sorted(records, key=lambda r: -(r.test_accuracy or -1.0))
     console.print(terminal.results_table(
-        leaderboard, title=f"leaderboard: test accuracy on {data_line(header['data'])}"))
+        leaderboard, title=f"leaderboard: test accuracy on {data_line(header.data)}"))
     groups = group_trials([run])
     if any(len(g.records) > 1 for g in groups):
         top = ranked(groups)  # then those with no accuracy (every seed failed)
@@ -249,7 +257,7 @@ def _finish(run_dir: Path, header: dict, planned: int, interrupted: bool) -> int
     return 0
 
 
-def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Path, header: dict) -> bool:
+def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Path, header: RunHeader) -> bool:
     """Runs the jobs, storing each one's records as it ends; True if interrupted by Ctrl-C."""
     nodes = NodeLedger(header)
     with terminal.sweep_progress() as bars:
@@ -272,9 +280,9 @@ def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Pat
 class NodeLedger:
     """run.json's list of the nodes (machines) that ran work, with what each ran."""
 
-    def __init__(self, header: dict):
+    def __init__(self, header: RunHeader):
         self.header = header
-        self.nodes = header.setdefault("nodes", [])
+        self.nodes = header.nodes
 
     def add(self, job: Job, records: list[dict]) -> bool:
         """Counts the unit; True if it came from a node not listed before."""
@@ -293,7 +301,7 @@ class NodeLedger:
     def close(self, units: list[dict]) -> None:
         """Adds the executor's per-unit times (Ray: seconds on the wire and at work)."""
         if units:
-            self.header.setdefault("executor_units", []).extend(units)
+            self.header.executor_units.extend(units)
 
 
 class SweepDisplay:

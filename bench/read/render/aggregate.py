@@ -160,6 +160,6 @@ def pareto_front(groups: list[Group]) -> list[Group]:
 
 def targets(runs: list[Run]) -> list[str]:
     """The time-to-accuracy target keys ('0.97', ...) of the runs, ascending."""
-    keys = {f"{t:g}" for run in runs for t in (run.header.get("protocol") or {}).get("targets", [])}
+    keys = {f"{t:g}" for run in runs for t in (run.header.protocol or {}).get("targets", [])}
     keys |= {k for run in runs for r in run.records for k in r.time_to_accuracy}
     return sorted(keys, key=float)

@@ -40,8 +40,8 @@ def _flat(prefix: str, value) -> dict:
 
 
 def _run_fields(run: Run) -> dict:
-    device, data = run.header.get("device") or {}, run.header.get("data") or {}
-    return {"run": run.label, "run_id": run.header.get("run_id"),
+    device, data = (run.header.device or {}), (run.header.data or {})
+    return {"run": run.label, "run_id": run.header.run_id,
             "platform": device.get("platform"), "device_kind": device.get("device_kind"),
             "data_name": data.get("name"), "data_source": data.get("source"),
             "data_train_examples": data.get("train_examples"),

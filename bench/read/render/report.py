@@ -49,7 +49,7 @@ def default_out(runs: list[Run]) -> Path:
     """One run: its own directory. Several: reports/combined-<id>+<id>... ('+N-more' past three)."""
     if len(runs) == 1:
         return runs[0].path
-    ids = [str(run.header.get("run_id") or run.path.name) for run in runs]
+    ids = [str(run.header.run_id or run.path.name) for run in runs]
     name = "+".join(ids) if len(ids) <= 3 else f"{ids[0]}+{len(ids) - 1}-more"
     return Path("reports") / f"combined-{name}"
 

@@ -6,8 +6,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.contract import facts
-from bench.contract.results import HEADER, RESULTS, read_header, read_results
-from bench.contract.schema import Record, SchemaError, check_version
+from bench.contract.facts import RunHeader
+from bench.contract.results import HEADER, RESULTS, load_header, read_results
+from bench.contract.schema import Record, SchemaError
 
 
 class ReportError(ValueError):
@@ -19,7 +20,7 @@ class Run:
     """One run directory, read from its files."""
 
     path: Path
-    header: dict
+    header: RunHeader
     records: tuple[Record, ...]
     label: str
 
@@ -47,19 +48,15 @@ def read_records(path: Path) -> list[Record]:
     return list(latest.values())
 
 
-def read_run_header(run_dir: Path) -> dict:
+def read_run_header(run_dir: Path) -> RunHeader:
     """run.json of `run_dir`, checked to be a version this bench reads."""
-    header = read_header(run_dir)
-    if not isinstance(header, dict):
-        raise SchemaError(f"{Path(run_dir) / HEADER}: not a JSON object")
-    check_version(header.get("schema_version"), str(Path(run_dir) / HEADER))
-    return header
+    return load_header(run_dir)
 
 
-def base_label(header: dict) -> str:
+def base_label(header: RunHeader) -> str:
     """'name (platform)' or 'run-id (platform)': how trials of this run are labelled."""
-    name = header.get("name") or header.get("run_id") or "run"
-    return f"{name} ({(header.get('device') or {}).get('platform', '?')})"
+    name = header.name or header.run_id or "run"
+    return f"{name} ({header.device.get('platform', '?')})"
 
 
 def load_run(path: Path, label: str | None = None) -> Run:
@@ -83,6 +80,6 @@ def load_runs(paths: list[Path]) -> list[Run]:
     return out
 
 
-def data_identity(header: dict) -> tuple:
+def data_identity(header: RunHeader) -> tuple:
     """What makes two runs' accuracies comparable: the identity of their data sets."""
-    return tuple(facts.data_identity(header.get("data") or {}).values())
+    return tuple(facts.data_identity(header.data).values())

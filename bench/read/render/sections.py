@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from bench.contract.facts import RunHeader
 from bench.read.render import cells
 from bench.read.render.aggregate import (Group, families, group_trials, pareto_front, ranked, stat,
                                     status_summary, targets, time_to)
@@ -37,9 +38,9 @@ def report_title(runs: list[Run]) -> str:
     return "bench report: " + " vs ".join(run.label for run in runs)
 
 
-def _run_name(header: dict) -> str:
+def _run_name(header: RunHeader) -> str:
     """E.g. '20250101-120000' or 'standard (20250101-120000)'."""
-    name, run_id = header.get("name"), header.get("run_id")
+    name, run_id = header.name, header.run_id
     return f"{name} ({run_id})" if name else str(run_id)
 
 
@@ -57,7 +58,7 @@ def _same_data(runs: list[Run]) -> bool:
 def _acc_title(runs: list[Run], head: str = "test acc %") -> str:
     """E.g. 'test acc % (mnist, 2,000 test)': an accuracy always names its data."""
     if _same_data(runs):
-        return f"{head} ({cells.data_short(runs[0].header.get('data') or {})})"
+        return f"{head} ({cells.data_short(runs[0].header.data or {})})"
     return f"{head} (each run's own data)"
 
 
@@ -105,10 +106,10 @@ def _rows_table(title: str, columns: list[Column], groups: list[Group], caption:
 def accuracy_caption(runs: list[Run]) -> str:
     """Which data set and how many test examples produced the accuracies."""
     if _same_data(runs):
-        data = runs[0].header.get("data") or {}
+        data = runs[0].header.data or {}
         return (f"Test accuracy: % of the {cells.count(data.get('test_examples'))} test examples of "
                 f"{cells.data_name(data)} classified correctly; mean ± sd over seeds.")
-    each = "; ".join(f"{run.label}: {cells.data_line(run.header.get('data') or {})}" for run in runs)
+    each = "; ".join(f"{run.label}: {cells.data_line(run.header.data or {})}" for run in runs)
     return (f"Test accuracy is on each run's own test split ({each}); mean ± sd over seeds. "
             f"These runs used different data, so their accuracies are not comparable.")
 
@@ -132,31 +133,31 @@ def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
     h = run.header
     seeds = sorted({r.config.seed for r in run.records}, key=str)
     facts = [("Run", _run_name(h)),
-             ("Data", f"{cells.data_line(h.get('data') or {})}. Every accuracy in this report "
+             ("Data", f"{cells.data_line(h.data or {})}. Every accuracy in this report "
                       f"is measured on the test split of this data set."),
-             ("Device", cells.device_line(h.get("device") or {})),
+             ("Device", cells.device_line(h.device or {})),
              ("Trials", f"{_status_line(run.records)} in {_plural(len(groups), 'configuration')}; "
                         f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}")]
     machines = cells.machines_line(run.records)
     if machines:
         facts.insert(4, ("Machines", f"{machines}. Each trial's figures are its own machine's."))
-    if h.get("tags"):
-        facts.insert(1, ("Tags", ", ".join(str(t) for t in h["tags"])))
+    if h.tags:
+        facts.insert(1, ("Tags", ", ".join(str(t) for t in h.tags)))
     return facts
 
 
 def _runs_table(runs: list[Run]) -> Table:
     rows = [[text_cell(text) for text in (
-        run.label, run.header.get("run_id"), run.header.get("name"),
-        ", ".join(map(str, run.header.get("tags") or [])), _device_cell(run),
-        cells.data_line(run.header.get("data") or {}), _status_line(run.records))] for run in runs]
+        run.label, run.header.run_id, run.header.name,
+        ", ".join(map(str, (run.header.tags or []))), _device_cell(run),
+        cells.data_line(run.header.data or {}), _status_line(run.records))] for run in runs]
     columns = [("run", False), ("run id", False), ("name", False), ("tags", False),
                ("device", False), ("data", False), ("trials", False)]
     return table("Runs", columns, rows)
 
 
 def _device_cell(run: Run) -> str:
-    line = cells.device_line(run.header.get("device") or {})
+    line = cells.device_line(run.header.device or {})
     machines = cells.machines_line(run.records)
     return f"{line}; trials from {machines}" if machines else line
 
@@ -470,27 +471,27 @@ def errors(runs: list[Run]) -> Section | None:
 # ---------------------------------------------------------------- environment
 
 
-def _environment_rows(header: dict) -> dict[str, str]:
+def _environment_rows(header: RunHeader) -> dict[str, str]:
     """Item -> value: where the numbers came from."""
-    device, peak = header.get("device") or {}, header.get("calibration") or {}
-    items = {"run id": header.get("run_id"), "started": header.get("started"),
-             "command": header.get("command"), "git commit": header.get("git_commit"),
-             "schema version": header.get("schema_version"),
+    device, peak = (header.device or {}), (header.calibration or {})
+    items = {"run id": header.run_id, "started": header.started,
+             "command": header.command, "git commit": header.git_commit,
+             "schema version": header.schema_version,
              "device": cells.device_line(device),
              "host CPU cores": (f"{device.get('host_cpu_count')} "
                                 f"({device.get('usable_cpu_count')} usable)")}
-    items |= {name: version for name, version in (header.get("versions") or {}).items()}
+    items |= {name: version for name, version in (header.versions or {}).items()}
     if peak.get("peak_flops"):
         items["calibrated peak"] = (f"{peak['peak_flops'] / 1e9:,.0f} GFLOP/s "
                                     f"(fp32 {peak.get('matrix_size')}² matmul)")
     items |= {f"protocol {k.replace('_', ' ')}": ", ".join(map(str, v)) if isinstance(v, list) else v
-              for k, v in (header.get("protocol") or {}).items()}
-    items["fused LSTM kernel (CPU)"] = header.get("fused_lstm_cpu")
-    items["fused GRU/simple-cell kernel (CPU)"] = header.get("fused_cells_cpu")
-    items["fused conv kernel (CPU)"] = header.get("fused_conv_cpu")
-    items["CPU kernels built for"] = header.get("cpu_kernel_target")
-    items["OpenBLAS threads (CPU kernels)"] = header.get("openblas_threads")
-    items["data provenance"] = (header.get("data") or {}).get("provenance")
+              for k, v in (header.protocol or {}).items()}
+    items["fused LSTM kernel (CPU)"] = header.fused_lstm_cpu
+    items["fused GRU/simple-cell kernel (CPU)"] = header.fused_cells_cpu
+    items["fused conv kernel (CPU)"] = header.fused_conv_cpu
+    items["CPU kernels built for"] = header.cpu_kernel_target
+    items["OpenBLAS threads (CPU kernels)"] = header.openblas_threads
+    items["data provenance"] = (header.data or {}).get("provenance")
     return {k: "" if v is None else str(v) for k, v in items.items()}
 
 
