@@ -244,6 +244,7 @@ class _Vmapped:
         self.program = population_program(self.member)
         params = jax.tree.map(lambda *leaves: jnp.stack(leaves), *(nnx.split(m)[1] for m in models))
         hyper = self._hyper(padded)
+        self._members_hyper = self._hyper(configs)  # each member's own values, for its rounds
         keys = seed_keys(padded)
         state = jax.jit(self.program.init)(params, hyper)
         self.data = devices.replicate(place_dataset(dataset, self.device), self.mesh)
@@ -339,8 +340,9 @@ class _Vmapped:
         return jax.device_put(jax.tree.map(lambda leaf: leaf[row], self.state), self.device)
 
     def _member_hyper(self, member: int) -> Hyper:
-        hyper = self._hyper(self.members)
-        return jax.device_put(jax.tree.map(lambda leaf: leaf[member], hyper), self.device)
+        """Member `member`'s values alone (not padded), on the first device."""
+        return jax.device_put(jax.tree.map(lambda leaf: leaf[member], self._members_hyper),
+                              self.device)
 
     def member_round(self, member: int):
         one_hyper = self._member_hyper(member)
@@ -348,7 +350,8 @@ class _Vmapped:
         return train_round, self._member_state(self.rows.index(member))
 
     def params(self) -> int:
-        return sum(leaf.size for leaf in jax.tree.leaves(self._member_state(0).params))
+        """One member's parameter count, from the stacked shapes (no copy of a member)."""
+        return sum(math.prod(leaf.shape[1:]) for leaf in jax.tree.leaves(self.state.params))
 
 
 # ---------------------------------------------------------------- the one training loop
