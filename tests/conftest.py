@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +51,27 @@ def isolated(tmp_path):
     """The test's tmp_path as cwd, with its own calibration cache and TFDS folder."""
     with isolated_env(tmp_path) as mp:
         yield mp
+
+
+def _signal_state() -> tuple:
+    """How this process treats SIGINT and SIGTERM: their handlers and whether they are blocked."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    return tuple((s, signal.getsignal(s), s in blocked) for s in (signal.SIGINT, signal.SIGTERM))
+
+
+@pytest.fixture(autouse=True)
+def signals_left_as_found(request):
+    """Fails the test that leaves SIGINT or SIGTERM ignored, blocked or re-handled (and puts
+    them back), rather than a later test that needs Ctrl-C to reach a child it starts:
+    a child inherits an ignored or blocked signal (issue #20)."""
+    before = _signal_state()
+    yield
+    after = _signal_state()
+    if after != before:
+        for sig, handler, was_blocked in before:
+            signal.signal(sig, handler)
+            signal.pthread_sigmask(signal.SIG_UNBLOCK if not was_blocked else signal.SIG_BLOCK, [sig])
+        pytest.fail(f"{request.node.nodeid} left the signal state changed: {before} -> {after}")
 
 
 @pytest.fixture
