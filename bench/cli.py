@@ -323,7 +323,8 @@ Render the report of one run directory, or of several together (e.g. a CPU run a
 GPU run side by side: rows are labelled by run, 'name-or-id (platform)').
 Output: with one run and no --out, into the run directory itself; with several runs
 and no --out, into reports/combined-<run-id>+<run-id>... (relative to the current
-directory). Files: report.md, report.html (self-contained, works offline), results.csv."""
+directory). Files: report.md, report.html (self-contained, works offline), results.csv,
+and always summary.json (the verdict, for scripts and CI; see the README)."""
 
 
 def _formats(text: str) -> tuple[str, ...]:
@@ -344,14 +345,16 @@ def _add_report_args(p: argparse.ArgumentParser) -> None:
 
 
 def run_report(args: argparse.Namespace) -> int:
-    from bench.read.render.report import render_run
+    """Writes the reports, then prints the summary a run ends with and the files' paths."""
+    from bench.read.render import terminal
+    from bench.read.render.report import render_reports
     from bench.read.render.runs import ReportError
     try:
-        paths = render_run(args.run_dirs, args.format, args.out)
+        rendered = render_reports(args.run_dirs, args.format, args.out)
     except (ReportError, OSError, ValueError) as exc:
         print(f"bench report: error: {exc}", file=sys.stderr)
         return 2
-    print("\n".join(str(p) for p in paths))
+    terminal.print_summary(rendered.verdict, [str(p) for p in rendered.paths])
     return 0
 
 

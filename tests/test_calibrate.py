@@ -131,8 +131,8 @@ def test_the_run_says_its_peak_was_measured_busy_and_not_cached(figures, tmp_pat
                                                                  capsys, monkeypatch):
     from bench.cli import main
     from bench.contract import results
-    from bench.read.render.report import render_run
-    monkeypatch.setattr("bench.run.runner.render_run", lambda dirs: render_run(dirs, ("md",)))
+    from bench.read.render.report import render_reports
+    monkeypatch.setattr("bench.run.runner.render_reports", lambda dirs: render_reports(dirs, ("md",)))
     figures.append(BUSY_PEAK)
     status = main(["run", "--models", "dense", "--units", "4", "--activations", "relu",
                    "--optimizers", "sgd", "--epochs", "1", "--repeats", "1", "--round-steps",

@@ -22,8 +22,12 @@ import pytest
 import report_data
 from bench.contract import results
 from bench.cli import main
-from bench.read.render.aggregate import Group, pareto_front, stat
+from bench.read.render.aggregate import Group, stat
+from bench.read.render.runs import Run
+from bench.read.render.verdict import verdict
+from bench.contract.facts import RunHeader
 from bench.read.render.cells import stat_cell
+from bench.read.render import terminal
 from bench.read.render.report import render_run
 from bench.run.runner import _finish
 from bench.contract.schema import Record
@@ -36,6 +40,9 @@ HOSTILE_NAME = "<script>alert(1)</script>"
 HOSTILE_TAG = "<img src=x onerror=alert(2)>"
 HOSTILE_ERROR = "ValueError: <img src=x onerror=alert(3)> & </td></table>"
 HOSTILE_ACTIVATION = "relu$x$<img src=x onerror=alert(4)>"
+# The golden run's figures: two families, each with main effects and parallel coordinates.
+GOLDEN_PLOTS = ["effects-conv", "effects-dense", "parallel-conv", "parallel-dense", "curves",
+                "pareto-front", "units-accuracy", "units-throughput", "heatmaps"]
 
 
 def check_golden(produced: Path, expected: Path) -> None:
@@ -55,14 +62,15 @@ def test_markdown_matches_golden(tmp_path):
 
 
 def test_csv_matches_golden(tmp_path):
-    [path] = render_run([GOLDEN_RUN], ("csv",), tmp_path)
-    check_golden(path, GOLDEN / "results.csv")
+    trials, epochs = render_run([GOLDEN_RUN], ("csv",), tmp_path)
+    check_golden(trials, GOLDEN / "results.csv")
+    check_golden(epochs, GOLDEN / "history.csv")
 
 
 def test_every_format_renders_identically_twice(tmp_path):
     first = render_run([GOLDEN_RUN], out=tmp_path / "a")
     second = render_run([GOLDEN_RUN], out=tmp_path / "b")
-    assert [p.name for p in first] == ["report.md", "report.html", "results.csv"]
+    assert [p.name for p in first] == ["report.md", "report.html", "results.csv", "history.csv"]
     for a, b in zip(first, second):
         assert a.read_bytes() == b.read_bytes(), a.name
 
@@ -72,7 +80,7 @@ def test_every_format_renders_identically_twice(tmp_path):
 
 @pytest.mark.parametrize("values, seeds, text", [
     ([0.98, 0.99], 2, "98.50 ± 0.71"),
-    ([0.981], 1, "98.10 (n=1)"),
+    ([0.981], 1, "98.10"),  # one seed run, one seed counted: nothing to mark
     ([0.981, None], 2, "98.10 (n=1)"),
     ([0.97, 0.98, None], 3, "97.50 ± 0.71 (n=2)"),
     ([None, None], 2, ""),
@@ -90,15 +98,18 @@ def _group(acc: float, seconds: float, units: int) -> Group:
 
 def test_pareto_front_keeps_only_undominated_configurations():
     groups = [_group(0.90, 1.0, 8), _group(0.95, 2.0, 16), _group(0.93, 3.0, 32), _group(0.97, 5.0, 64)]
-    assert [g.config["units"] for g in pareto_front(groups)] == [8, 16, 64]
+    run = Run(Path("run"), RunHeader(), tuple(r for g in groups for r in g.records), "run")
+    [dense] = verdict([run], groups).families
+    assert [s.group.config["units"] for s in dense.pareto] == [8, 16, 64]
 
 
 def test_markdown_aggregates_seeds_and_marks_single_values():
     text = (GOLDEN / "report.md").read_text(encoding="utf-8")
-    assert "| conv-16 relu adam lr=0.001 | 2 | 2 ok | 97.97 ± 0.03 |" in text
-    assert "| conv-16 relu sgd lr=0.1 | 2 | 1 ok, 1 failed | 97.11 (n=1) |" in text
+    assert "| conv-16 relu adam lr=0.001 | 1 | 2 | 2 ok | 97.97 ± 0.03 |" in text
+    assert "| conv-16 relu sgd lr=0.1 | 4 | 2 | 1 ok, 1 failed | 97.11 (n=1) |" in text
+    assert "| conv-16 relu sgd lr=0.1 | 4 | 1/2 ok | 97.11 (n=1) |" in text  # the leaderboard
     assert "test acc % (mnist, 2,000 test)" in text
-    assert "## Published vs measured" in text and "| 99.20 | 97.97 ± 0.03 | -1.23 |" in text
+    assert "<summary><b>Published vs measured</b></summary>" in text and "| 99.20 | 97.97 ± 0.03 | -1.23 |" in text
 
 
 # ---------------------------------------------------------------- HTML: static checks
@@ -126,10 +137,11 @@ def test_html_is_one_self_contained_file(tmp_path):
     assert _external_references(text) == []
     assert "<link" not in text and not re.search(r"<script[^>]*\bsrc", text)
     assert "<!DOCTYPE svg" not in text and "<?xml" not in text
-    assert text.count("<svg") == 5
-    assert sorted(os.listdir(tmp_path)) == ["report.html"]  # no side files (images, fonts)
+    assert text.count("<svg") == text.count("<figure") == len(GOLDEN_PLOTS)
+    # no side files (images, fonts); summary.json is written whatever the formats
+    assert sorted(os.listdir(tmp_path)) == ["report.html", "summary.json"]
     ids = re.findall(r'\bid="([^"]+)"', text)
-    assert len(ids) == len(set(ids))  # five inline figures, no clashing ids
+    assert len(ids) == len(set(ids))  # several inline figures, no clashing ids
     assert set(re.findall(r'href="#([^"]+)"', text)) <= set(ids)
 
 
@@ -170,8 +182,10 @@ SORT_PROBE = """<script>
 </script>"""
 
 
-def browse(page: Path, tmp_path: Path, head: str = "", tail: str = "") -> tuple[str, list[str]]:
-    """The DOM after scripts ran, and the URLs the page itself requested (from a net log)."""
+def browse(page: Path, tmp_path: Path, head: str = "", tail: str = "",
+           window: tuple[int, int] = (1400, 900)) -> tuple[str, list[str]]:
+    """The DOM after scripts ran in a `window` (width, height) of CSS pixels, and the URLs the
+    page itself requested (from a net log)."""
     probe = tmp_path / f"probe-{page.name}"
     text = page.read_text(encoding="utf-8")
     probe.write_text(text.replace("<head>", "<head>" + head, 1).replace("</body>", tail + "</body>", 1),
@@ -181,6 +195,7 @@ def browse(page: Path, tmp_path: Path, head: str = "", tail: str = "") -> tuple[
                "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-extensions",
                f"--user-data-dir={tmp_path / 'profile'}", "--host-resolver-rules=MAP * ~NOTFOUND",
                f"--log-net-log={net_log}", "--virtual-time-budget=5000", "--dump-dom",
+               f"--window-size={window[0]},{window[1]}", "--force-device-scale-factor=1",
                probe.resolve().as_uri()]
     done = subprocess.run(command, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -196,8 +211,9 @@ def page_requests(net_log: Path) -> list[str]:
 
 
 def _rendered_rows(dom: str, section: str) -> int:
+    """Body rows of the section's tables (the leaderboard has one table per family)."""
     part = dom.split(f'<section id="{section}">', 1)[1].split("</section>", 1)[0]
-    return part.count("<tr>") - 1  # minus the header row
+    return part.count("<tr>") - part.count("<thead>")  # minus each table's header row
 
 
 @pytest.mark.slow
@@ -207,7 +223,8 @@ def test_browser_renders_tables_and_plots_offline_and_sorts(tmp_path):
     dom, requests = browse(page, tmp_path, tail=SORT_PROBE)
     assert requests == []
     assert _rendered_rows(dom, "trials") == 8 and _rendered_rows(dom, "leaderboard") == 8
-    assert len(re.findall(r"<figure id=\"plot-[a-z-]+\">\s*<h3>[^<]+</h3>\s*<svg", dom)) == 5
+    figures = re.findall(r"<figure id=\"([a-z-]+)\">\s*<h3>[^<]+</h3>\s*<svg", dom)
+    assert sorted(figures) == sorted(GOLDEN_PLOTS)
     asc = json.loads(html.unescape(re.search(r'data-asc="([^"]*)"', dom).group(1)))
     desc = json.loads(html.unescape(re.search(r'data-desc="([^"]*)"', dom).group(1)))
     values = [float(v) for v in asc if v]
@@ -247,7 +264,8 @@ def test_500_trials_render_to_html_under_5_mb(tmp_path):
     [page] = render_run([run], ("html",), tmp_path / "out")
     assert page.stat().st_size < 5_000_000
     text = page.read_text(encoding="utf-8")
-    assert "at most 6 per family" in text and text.count("<svg") == 5
+    assert "at most 6 per family" in text
+    assert text.count("<svg") == text.count("<figure") == len(GOLDEN_PLOTS) + 2  # a third family
 
 
 def test_several_runs_share_tables_labelled_by_run(tmp_path, monkeypatch):
@@ -263,27 +281,40 @@ def test_several_runs_share_tables_labelled_by_run(tmp_path, monkeypatch):
     assert "| golden (gpu) | conv-16 relu adam lr=0.001 | 2 |" in md
     assert "| activation | adam · golden (cpu) | adam · golden (gpu) |" in md
     rows = (out / "results.csv").read_text(encoding="utf-8").splitlines()
-    assert len(rows) == 1 + 32 and rows[-1].startswith("golden (gpu),20250102-080000,gpu,")
+    assert len(rows) == 1 + 32 and rows[-1].startswith("golden (gpu),20250102-080000,")
+    assert ",dense-64 tanh sgd lr=0.1,gpu,gpu," in rows[-1]
 
 
 def test_cli_report_writes_into_the_run_directory(tmp_path, capsys):
-    """Given a results.jsonl, into its run directory; bad input is in test_errors.py."""
+    """Given a results.jsonl, into its run directory, then prints the summary a run ends with
+    and the paths written; bad input is in test_errors.py (the summary: test_terminal_report.py)."""
     run = report_data.write_run(tmp_path / "run", report_data.header(), report_data.golden_records())
     assert main(["report", str(run / "results.jsonl")]) == 0
-    written = ["report.md", "report.html", "results.csv"]
-    assert capsys.readouterr().out.split() == [str(run / name) for name in written]
-    assert sorted(os.listdir(run)) == sorted([*written, "results.jsonl", "run.json"])
+    lines = capsys.readouterr().out.splitlines()
+    written = [Path(line) for line in lines if line.startswith(str(run))]
+    assert written and lines[-len(written):] == [str(p) for p in written]
+    assert [p.name for p in written][:3] == ["report.md", "report.html", "results.csv"]
+    assert sorted(os.listdir(run)) == sorted([*(p.name for p in written), "plots", "results.jsonl",
+                                              "run.json"])
+    # The same summary as the end of `bench run`, up to where the reports are.
+    assert _finish(run, results.load_header(run), 16, interrupted=False) == 0
+    at_run_end = capsys.readouterr().out.splitlines()
+    assert at_run_end[-2:] == [f"results: {run / 'results.jsonl'}",
+                               f"reports in {run}: " + ", ".join(p.name for p in written)]
+    assert at_run_end[:-2] == lines[:-len(written)]
+    assert "conv: best conv-16 relu adam lr=0.001" in lines[1]
 
 
 def test_a_run_where_every_trial_failed_still_renders(tmp_path):
     cfg = report_data.config("dense", 8, "relu", "sgd", 0)
     run = report_data.write_run(tmp_path / "run", report_data.header(),
                                 [report_data.record(cfg, status="failed", error="OSError: disk full")])
-    md, page, table = render_run([run], out=tmp_path / "out")
+    md, page, table, history = render_run([run], out=tmp_path / "out")
     assert "No trial finished ok." in md.read_text(encoding="utf-8")
     assert "OSError: disk full" in md.read_text(encoding="utf-8")
     assert "<svg" not in page.read_text(encoding="utf-8")
     assert len(table.read_text(encoding="utf-8").splitlines()) == 2
+    assert len(history.read_text(encoding="utf-8").splitlines()) == 1  # the header: no epoch ran
 
 
 def test_runs_on_different_data_are_flagged_as_not_comparable(tmp_path):
@@ -301,31 +332,30 @@ def test_csv_keeps_formula_like_text_from_running_in_a_spreadsheet(tmp_path):
     error = '=HYPERLINK("http://example.invalid","click")'
     run = report_data.write_run(tmp_path / "run", report_data.header(),
                                 [report_data.record(cfg, status="failed", error=error)])
-    [path] = render_run([run], ("csv",), tmp_path / "out")
+    path, _ = render_run([run], ("csv",), tmp_path / "out")
     with open(path, encoding="utf-8", newline="") as f:
         [row] = list(csv.DictReader(f))
     assert row["error"] == "'" + error
     assert row["units"] == "8" and row["status"] == "failed"
 
 
-def test_run_end_shows_seed_statistics_per_configuration(tmp_path, capsys):
+def test_run_end_shows_the_verdict_and_each_configuration_with_its_seeds(tmp_path, capsys):
     run = report_data.write_run(tmp_path / "run", report_data.header(), report_data.golden_records())
     records = results.read_results(run)
     assert _finish(run, results.load_header(run), len(records), interrupted=False) == 0
-    out = capsys.readouterr().out
-    assert "by configuration: mean ± sd over seeds" in out
-    lines = [line for line in out.splitlines() if "conv-16 relu adam" in line]
-    assert len(lines) == 3  # two trials in the per-trial table, one configuration row
-    config_row = [line for line in lines if "0,1" in line]
-    assert len(config_row) == 1 and "±" in config_row[0] and "2 ok" in config_row[0]
-    # A configuration whose one seed failed shows its status and (n=1) statistics.
-    failed = [line for line in out.splitlines() if "conv-16 relu sgd" in line and "0,1" in line]
-    assert "1 ok, 1 failed" in failed[0] and "(n=1)" in failed[0]
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) <= terminal.MAX_LINES and lines[0].startswith("16 trials in")
+    rows = {line.split("   ")[1].strip(): line for line in lines if re.match(r"\s*\d+=?   ", line)}
+    assert len(rows) == 8  # every configuration of the golden run: fewer than ten
+    assert "2/2 ok   97.97   97.72–98.22" in rows["conv-16 relu adam lr=0.001"]
+    # A configuration whose one seed failed shows its status, and no interval from one seed.
+    assert "1/2 ok   97.11             —" in rows["conv-16 relu sgd lr=0.1"]
 
 
-def test_run_end_shows_no_seed_table_for_single_seed_runs(tmp_path, capsys):
+def test_run_end_interrupted_says_how_to_resume(tmp_path, capsys):
     cfg = report_data.config("dense", 8, "relu", "sgd", 0)
     run = report_data.write_run(tmp_path / "run", report_data.header(), [report_data.record(cfg)])
-    assert _finish(run, results.load_header(run), 1, interrupted=False) == 0
+    assert _finish(run, results.load_header(run), 4, interrupted=True) == 130
     out = capsys.readouterr().out
-    assert "mean ± sd over seeds" not in out and "dense-8 relu sgd" in out
+    assert re.search(r"dense-8 relu sgd lr=0\.1\s+1/1 ok", out)
+    assert "interrupted: 1 of 4 trials finished" in out and f"--resume {run}" in out

@@ -14,7 +14,7 @@ import pytest
 
 from bench.contract import results
 from bench.cli import main
-from bench.read.render.report import render_run
+from bench.read.render.report import render_reports
 from bench.contract.facts import PopulationFacts
 from bench.contract.schema import Record, TrialConfig
 from conftest import write_npz
@@ -64,7 +64,8 @@ def bench_run(isolated, fake_peak, monkeypatch, tmp_path):
     The run's report is rendered as Markdown and CSV only: the HTML's plots would cost
     most of each run's time here, and test_report.py checks them."""
     npz = write_npz(tmp_path / "tiny.npz")
-    monkeypatch.setattr("bench.run.runner.render_run", lambda run_dirs: render_run(run_dirs, ("md", "csv")))
+    monkeypatch.setattr("bench.run.runner.render_reports",
+                        lambda run_dirs: render_reports(run_dirs, ("md", "csv")))
 
     def run(*flags, interrupt_on=None, data=str(npz), out="out", fail=()):
         recorder = Recorder(interrupt_on, fail)

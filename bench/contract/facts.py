@@ -128,6 +128,7 @@ class RunHeader:
     run_id: str | None = None
     schema_version: int | None = None
     started: str | None = None
+    finished: str | None = None                      # the end (a resume's: in its `resumed`)
     command: str | None = None
     git_commit: str | None = None
     versions: dict = field(default_factory=dict)    # package -> version

@@ -223,14 +223,25 @@ def model_options(family: str) -> tuple[str, ...]:
 # ---------------------------------------------------------------- trial configs
 
 
+def _hash_of(config, without: tuple[str, ...]) -> str:
+    values = {a.name: getattr(config, a.name) for a in AXES
+              if a.name not in without and a.keyed(getattr(config, a.name))}
+    return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+
+
 class _TrialConfigMethods:
     """What every TrialConfig can do; its fields come from AXES."""
 
     @cached_property
     def key(self) -> str:
         """A stable hash of the normalised values: the identity used to match and resume trials."""
-        values = {a.name: getattr(self, a.name) for a in AXES if a.keyed(getattr(self, a.name))}
-        return hashlib.sha256(json.dumps(values, sort_keys=True).encode()).hexdigest()[:12]
+        return _hash_of(self, without=())
+
+    @cached_property
+    def config_id(self) -> str:
+        """The key without the seed: one id shared by a configuration's seeds (reports, CSV,
+        summary.json group by it)."""
+        return _hash_of(self, without=("seed",))
 
     def label(self, without: tuple[str, ...] = ()) -> str:
         """A short human-readable name, e.g. 'dense-512 relu adam lr=0.001' (the axes named

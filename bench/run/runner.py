@@ -10,6 +10,8 @@ import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
+from rich.text import Text
+
 from bench.contract import results
 from bench.contract.facts import RunHeader, data_identity
 from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
@@ -17,11 +19,9 @@ from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, Tr
 from bench.contract.sweepfile import Sweep
 from bench.engine import data as data_sources
 from bench.read.render import terminal
-from bench.read.render.aggregate import group_trials, ranked
 from bench.read.render.cells import data_line, device_line
-from bench.read.render.populations import populations_table
-from bench.read.render.report import render_run
-from bench.read.render.runs import load_run, read_records, read_run_header
+from bench.read.render.report import render_reports
+from bench.read.render.runs import read_records, read_run_header
 from bench.run import work
 from bench.run.executors import Executor, check_executor, make_executor
 from bench.run.groups import Unit, plan_units
@@ -231,30 +231,18 @@ _CPU_KERNELS = [("LSTM time loop", fused_lstm), ("GRU/simple-cell time loop", fu
 
 
 def _finish(run_dir: Path, header: RunHeader, planned: int, interrupted: bool) -> int:
-    console = terminal.console
-    run = load_run(run_dir)
-    records = run.records
-    leaderboard = sorted(records, key=lambda r: -(r.test_accuracy or -1.0))
-    console.print(terminal.results_table(
-        leaderboard, title=f"leaderboard: test accuracy on {data_line(header.data)}"))
-    groups = group_trials([run])
-    if any(len(g.records) > 1 for g in groups):
-        top = ranked(groups)  # then those with no accuracy (every seed failed)
-        ranked_ids = {id(g) for g in top}
-        groups = top + [g for g in groups if id(g) not in ranked_ids]
-        console.print(terminal.seeds_table(groups, title="by configuration: mean ± sd over seeds"))
-    together = populations_table([run])
-    if together is not None:
-        console.print(terminal.document_table(
-            together, "populations: figures shared by their members (see report)"))
-    reports = render_run([run_dir])
-    console.print(f"results: {run_dir / results.RESULTS}\nreport:  "
-                  + ", ".join(str(path) for path in reports))
+    """Writes the reports and prints the run's summary (bench.read.render.terminal.summary)."""
+    rendered = render_reports([run_dir])
+    names = ", ".join(str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p)
+                      for p in rendered.paths)
+    footer: list[str | Text] = [f"results: {run_dir / results.RESULTS}",
+                                f"reports in {run_dir}: {names}"]
     if interrupted:
-        console.print(f"[yellow]interrupted: {len(records)} of {planned} trials finished and saved; "
-                      f"continue with: python -m bench run --resume {run_dir}")
-        return 130
-    return 0
+        footer.append(Text(f"interrupted: {rendered.verdict.trials} of {planned} trials finished "
+                           f"and saved; continue with: python -m bench run --resume {run_dir}",
+                           style="yellow"))
+    terminal.print_summary(rendered.verdict, footer, terminal.console)
+    return 130 if interrupted else 0
 
 
 def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Path, header: RunHeader) -> bool:
@@ -273,8 +261,18 @@ def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Pat
             return True
         finally:
             nodes.close(executor.unit_times())
+            _mark_finished(header)
             results.write_header(run_dir, header)
     return False
+
+
+def _mark_finished(header: RunHeader) -> None:
+    """This invocation's end, for the sweep's wall time (bench/read/render/verdict.py)."""
+    latest = header.current()
+    if isinstance(latest, dict):
+        latest["finished"] = results.now_iso()
+    else:
+        header.finished = results.now_iso()
 
 
 class NodeLedger:

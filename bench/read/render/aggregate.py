@@ -55,10 +55,11 @@ FIELD_ORDER = [a.name for a in AXES]
 def config_order(config: dict) -> tuple:
     """A total, type-safe sort key: TrialConfig field order (model, units, ...); None first."""
     names = [n for n in FIELD_ORDER if n in config] + sorted(set(config) - set(FIELD_ORDER))
-    return tuple((n, *_orderable(config[n])) for n in names)
+    return tuple((n, *value_order(config[n])) for n in names)
 
 
-def _orderable(value) -> tuple:
+def value_order(value) -> tuple:
+    """A sort key of one axis value: None first, then numbers, then names."""
     if value is None:
         return (0, "", 0)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
@@ -133,29 +134,9 @@ def _record_order(record: Record) -> tuple:
     return (record.config.seed or 0, record.key)
 
 
-def ranked(groups: list[Group]) -> list[Group]:
-    """Groups with an accuracy, most accurate first (ties: less training time, then config)."""
-    def key(g: Group):
-        acc, time = g.metric("test_accuracy").mean, g.metric("train_s").mean
-        return (-acc, time if time is not None else float("inf"), g.sort_key())
-    return sorted((g for g in groups if g.metric("test_accuracy").mean is not None), key=key)
-
-
 def families(groups: list[Group]) -> list[str]:
     """Model families present, in name order."""
     return sorted({g.family for g in groups})
-
-
-def pareto_front(groups: list[Group]) -> list[Group]:
-    """Groups no other group beats on both accuracy (higher) and training time (lower)."""
-    points = [g for g in ranked(groups) if g.metric("train_s").mean is not None]
-    front, best_time = [], float("inf")
-    for g in points:  # most accurate first: on the front iff faster than everything above
-        t = g.metric("train_s").mean
-        if t < best_time:
-            front.append(g)
-            best_time = t
-    return sorted(front, key=lambda g: g.metric("train_s").mean)
 
 
 def targets(runs: list[Run]) -> list[str]:

@@ -1,8 +1,8 @@
 """Cell formatting shared by every renderer: numbers, seed statistics, data and device lines.
 
-A seed statistic reads "mean ± sd"; "(n=k)" is added when k is 1 (a single
-value, no spread) or differs from the group's number of seeds (some did not
-finish ok or never reached a target).
+A seed statistic reads "mean ± sd"; "(n=k)" is added only when k is fewer than
+the configuration's seeds (some did not finish ok or never reached a target): a
+configuration run with one seed shows its one value plainly.
 """
 
 from __future__ import annotations
@@ -52,7 +52,7 @@ def number(value: float | None, kind: str) -> str:
 
 
 def stat_cell(s: Stat, kind: str, seeds: int, missing: str = MISSING) -> Cell:
-    """'mean ± sd', with '(n=k)' when k is 1 or differs from `seeds`."""
+    """'mean ± sd', with '(n=k)' when only k of the configuration's `seeds` count."""
     if s.n == 0:
         return Cell(missing, None)
     scale, fmt = KINDS[kind]
@@ -60,9 +60,27 @@ def stat_cell(s: Stat, kind: str, seeds: int, missing: str = MISSING) -> Cell:
     text = fmt(mean, mean)
     if s.sd is not None:
         text += f" ± {fmt(scale * s.sd, mean)}"
-    if s.n == 1 or s.n != seeds:
+    if s.n < seeds:
         text += f" (n={s.n})"
     return Cell(text, mean)
+
+
+def percent_interval(ci: tuple[float, float] | None) -> str:
+    """A 95% interval of an accuracy (fractions) as '97.70–98.24' percent ('' when absent)."""
+    return "" if ci is None else f"{number(ci[0], 'pct')}–{number(ci[1], 'pct')}"
+
+
+def duration(seconds: float | None) -> str:
+    """E.g. '12.3 s', '4 min 05 s', '2 h 03 min': a wall time a reader takes in at a glance."""
+    if seconds is None:
+        return "unknown"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes} min {secs:02d} s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours} h {minutes:02d} min"
 
 
 def text_cell(text) -> Cell:

@@ -19,13 +19,18 @@ class Cell(NamedTuple):
 
 @dataclass(frozen=True)
 class Table:
-    """Columns, their alignment, and rows of cells; `caption` says what the numbers are."""
+    """Columns, their alignment, and rows of cells; `caption` says what the numbers are.
+
+    `wrap` names the columns of prose (errors, command lines) that may wrap onto several
+    lines; every other cell, a configuration's label above all, stays on one line.
+    """
 
     title: str
     columns: tuple[str, ...]
     right: tuple[bool, ...]
     rows: tuple[tuple[Cell, ...], ...]
     caption: str = ""
+    wrap: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -59,7 +64,7 @@ class Report:
 
 
 def table(title: str, columns: list[tuple[str, bool]], rows: list[list[Cell]],
-          caption: str = "") -> Table:
+          caption: str = "", wrap: tuple[str, ...] = ()) -> Table:
     """A Table from (title, right-aligned) column pairs."""
     return Table(title, tuple(c for c, _ in columns), tuple(r for _, r in columns),
-                 tuple(tuple(row) for row in rows), caption)
+                 tuple(tuple(row) for row in rows), caption, wrap)

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import NamedTuple
 
 from bench.read.render import csv, html, markdown, plots
 from bench.read.render.aggregate import group_trials
 from bench.read.render.runs import ReportError, Run, load_runs
 from bench.read.render.sections import build_report
+from bench.read.render.verdict import Verdict, summary_json, verdict
 
 FORMATS = ("md", "html", "csv")
 
@@ -26,22 +29,40 @@ class _Sources:
 
     @cached_property
     def report(self):
-        return build_report(self.runs, self.groups)
+        return build_report(self.runs, self.groups, self.verdict)
+
+    @cached_property
+    def plots(self):
+        return plots.all_plots(self.runs, self.groups, self.verdict)  # the one analysis
+
+    @cached_property
+    def verdict(self) -> Verdict:
+        return verdict(self.runs, self.groups)
 
 
 def _markdown(sources: _Sources, out: Path) -> Path:
-    return markdown.write_markdown(sources.report, out)
+    return markdown.write_markdown(sources.report, sources.plots, out)  # and plots/*.svg
 
 
 def _html(sources: _Sources, out: Path) -> Path:
-    return html.write_html(sources.report, plots.all_plots(sources.runs, sources.groups), out)
+    return html.write_html(sources.report, sources.plots, out)
 
 
-def _csv(sources: _Sources, out: Path) -> Path:
-    return csv.write_csv(sources.runs, out)
+def _csv(sources: _Sources, out: Path) -> list[Path]:
+    return csv.write_csv(sources.runs, out)  # results.csv and history.csv
 
 
-WRITERS: dict[str, Callable[[_Sources, Path], Path]] = {
+def _summary(sources: _Sources, out: Path) -> Path:
+    """summary.json: the verdict for scripts and CI (README, "summary.json")."""
+    path = out / SUMMARY
+    text = json.dumps(summary_json(sources.verdict), indent=2, allow_nan=False)
+    path.write_text(text + "\n", encoding="utf-8")
+    return path
+
+
+SUMMARY = "summary.json"
+# format -> its writer, which returns the path of the file it wrote, or a list of them
+WRITERS: dict[str, Callable[[_Sources, Path], Path | list[Path]]] = {
     "md": _markdown, "html": _html, "csv": _csv}
 
 
@@ -54,9 +75,22 @@ def default_out(runs: list[Run]) -> Path:
     return Path("reports") / f"combined-{name}"
 
 
-def render_run(run_dirs: list[Path], formats: tuple[str, ...] = FORMATS,
-               out: Path | None = None) -> list[Path]:
-    """Writes the report files of `run_dirs` (together) into `out`; returns their paths."""
+class Rendered(NamedTuple):
+    """The files written, and what they were rendered from."""
+
+    paths: list[Path]
+    sources: _Sources
+
+    @property
+    def verdict(self) -> Verdict:
+        """The verdict the reports show (computed here only if no writer needed it)."""
+        return self.sources.verdict
+
+
+def render_reports(run_dirs: list[Path], formats: tuple[str, ...] = FORMATS,
+                   out: Path | None = None) -> Rendered:
+    """Writes the report files of `run_dirs` (together) into `out`; returns their paths and
+    the verdict they show (the terminal prints it)."""
     unknown = [f for f in formats if f not in WRITERS]
     if unknown or not formats:
         raise ReportError(f"unknown format {', '.join(unknown) or '(none)'}; "
@@ -69,4 +103,16 @@ def render_run(run_dirs: list[Path], formats: tuple[str, ...] = FORMATS,
         raise ReportError(f"--out {out}: is a file; give a directory for the report files")
     out.mkdir(parents=True, exist_ok=True)
     sources = _Sources(runs)
-    return [WRITERS[f](sources, out) for f in dict.fromkeys(formats)]
+    paths = [path for f in dict.fromkeys(formats) for path in _paths(WRITERS[f](sources, out))]
+    return Rendered([*paths, _summary(sources, out)], sources)  # summary.json: whatever the formats
+
+
+def render_run(run_dirs: list[Path], formats: tuple[str, ...] = FORMATS,
+               out: Path | None = None) -> list[Path]:
+    """Writes the report files of `run_dirs` (together) into `out`; returns the paths of the
+    formats asked for (summary.json, written always, left out)."""
+    return [p for p in render_reports(run_dirs, formats, out).paths if p.name != SUMMARY]
+
+
+def _paths(written: Path | list[Path]) -> list[Path]:
+    return [written] if isinstance(written, Path) else list(written)

@@ -1,33 +1,38 @@
-"""What the report says: its sections and tables, built from runs and their seed groups.
+"""What the report says: its sections and tables, built from runs, their seed groups and
+their verdict. The opening sections (verdict, what mattered, leaderboard, Pareto front) are
+in bench.read.render.verdict_sections; the detail behind them is here.
 
-Shared by every document format (Markdown, HTML); plots are added by the HTML renderer.
+Shared by every document format (Markdown, HTML); each renderer places the plots in the
+sections they name (plots.Plot.section).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 from bench.contract.facts import RunHeader
 from bench.read.render import cells
-from bench.read.render.aggregate import (Group, families, group_trials, pareto_front, ranked, stat,
-                                    status_summary, targets, time_to)
+from bench.read.render.aggregate import (Group, families, group_trials, stat, status_summary,
+                                         targets, time_to)
 from bench.read.render.cells import Cell, number_cell, stat_cell, text_cell
+from bench.read.render.columns import (CONFIG, SEEDS, TRAIN_S, Column, acc_title, accuracy_caption,
+                                       metric, plural, rows_table, seeds, with_run)
 from bench.read.render.document import Block, Facts, Para, Report, Section, Table, table
 from bench.read.render.populations import populations_section, trained_together
-from bench.read.render.runs import Run, data_identity
+from bench.read.render.runs import Run
+from bench.read.render.verdict import Verdict, ranked, verdict
+from bench.read.render.verdict_sections import (leaderboard, mattered, pareto, rank_column,
+                                                verdict_section)
 from bench.contract.schema import UNITS, Record
 
-LEADERBOARD_SIZE = 10
 
-Column = tuple[str, bool, Callable[[Group], Cell]]
-
-
-def build_report(runs: list[Run], groups: list[Group] | None = None) -> Report:
-    """The whole report of one or more runs (`groups`: their group_trials, if at hand)."""
+def build_report(runs: list[Run], groups: list[Group] | None = None,
+                 v: Verdict | None = None) -> Report:
+    """The whole report of one or more runs (`groups`, `v`: their group_trials and verdict,
+    if at hand): the answer first, then the detail behind it."""
     groups = group_trials(runs) if groups is None else groups
-    parts = [summary(runs, groups), leaderboard(runs, groups), tuned_optimizers(runs, groups),
-             implementations(runs, groups), pivots(runs, groups),
-             pareto(runs, groups), all_configurations(runs, groups), populations_section(runs),
+    v = verdict(runs, groups) if v is None else v
+    parts = [verdict_section(v, runs), mattered(v), leaderboard(v, runs), pareto(v, runs),
+             about(runs, groups), tuned_optimizers(runs, groups, v), implementations(runs, groups),
+             pivots(runs, groups, v), all_configurations(runs, groups, v), populations_section(runs),
              published(runs, groups), errors(runs), environment(runs)]
     return Report(report_title(runs), tuple(s for s in parts if s is not None))
 
@@ -44,81 +49,11 @@ def _run_name(header: RunHeader) -> str:
     return f"{name} ({run_id})" if name else str(run_id)
 
 
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
-
-
-# ---------------------------------------------------------------- columns
-
-
-def _same_data(runs: list[Run]) -> bool:
-    return len({data_identity(run.header) for run in runs}) == 1
-
-
-def _acc_title(runs: list[Run], head: str = "test acc %") -> str:
-    """E.g. 'test acc % (mnist, 2,000 test)': an accuracy always names its data."""
-    if _same_data(runs):
-        return f"{head} ({cells.data_short(runs[0].header.data or {})})"
-    return f"{head} (each run's own data)"
-
-
-def _seeds(g: Group) -> int:
-    return len(g.records)
-
-
-def _metric(title: str, name, kind: str | None = None, missing: str = cells.MISSING) -> Column:
-    """A column of a seed statistic; `kind` defaults to the record field's unit."""
-    kind = kind or UNITS[name]
-    return (title, True, lambda g: stat_cell(g.metric(name), kind, _seeds(g), missing))
-
-
-def _status(g: Group) -> Cell:
-    return Cell(g.status_summary(), g.status_counts().get("ok", 0))
-
-
-def _busy(g: Group) -> Cell:
-    busy = sum(r.busy for r in g.records)
-    text = "" if not busy else "yes" if busy == len(g.records) else f"{busy}/{len(g.records)}"
-    return Cell(text, busy)
-
-
-def _params(g: Group) -> Cell:
-    return number_cell(stat(r.params for r in g.records).mean, "count")
-
-
-RUN: Column = ("run", False, lambda g: text_cell(g.run))
-CONFIG: Column = ("configuration", False, lambda g: text_cell(g.label))
-FAMILY: Column = ("family", False, lambda g: text_cell(g.family))
-SEEDS: Column = ("n", True, lambda g: Cell(str(_seeds(g)), _seeds(g)))
-TRAIN_S = _metric("train s", "train_s", "s")
-
-
-def _columns(runs: list[Run], *columns: Column) -> list[Column]:
-    """`columns`, preceded by the run column when several runs share the tables."""
-    return [RUN, *columns] if len(runs) > 1 else list(columns)
-
-
-def _rows_table(title: str, columns: list[Column], groups: list[Group], caption: str = "") -> Table:
-    rows = [[get(g) for _, _, get in columns] for g in groups]
-    return table(title, [(t, r) for t, r, _ in columns], rows, caption)
-
-
-def accuracy_caption(runs: list[Run]) -> str:
-    """Which data set and how many test examples produced the accuracies."""
-    if _same_data(runs):
-        data = runs[0].header.data or {}
-        return (f"Test accuracy: % of the {cells.count(data.get('test_examples'))} test examples of "
-                f"{cells.data_name(data)} classified correctly; mean ± sd over seeds.")
-    each = "; ".join(f"{run.label}: {cells.data_line(run.header.data or {})}" for run in runs)
-    return (f"Test accuracy is on each run's own test split ({each}); mean ± sd over seeds. "
-            f"These runs used different data, so their accuracies are not comparable.")
-
-
-# ---------------------------------------------------------------- summary
+# ---------------------------------------------------------------- about the run
 
 SEEDS_NOTE = ("Trials that differ only by seed share one row: mean ± sample standard deviation "
               "over the seeds that finished ok. n is the number of seeds; \"(n=k)\" marks a figure "
-              "from k seeds when k is 1 (a single value, no spread) or fewer than n.")
+              "from only k of them (the others did not finish ok, or never reached the target).")
 TIMING_NOTE = ("Compilation is timed ahead of time and is never part of an epoch time. Steady "
                "epoch s is the median of the epochs after the first; train s is the sum of the "
                "epoch times (no compilation, no evaluation); ms/step and samples/s come from the "
@@ -131,13 +66,14 @@ def _status_line(records) -> str:
 
 def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
     h = run.header
-    seeds = sorted({r.config.seed for r in run.records}, key=str)
+    seed_values = sorted({r.config.seed for r in run.records}, key=str)
     facts = [("Run", _run_name(h)),
              ("Data", f"{cells.data_line(h.data or {})}. Every accuracy in this report "
                       f"is measured on the test split of this data set."),
              ("Device", cells.device_line(h.device or {})),
-             ("Trials", f"{_status_line(run.records)} in {_plural(len(groups), 'configuration')}; "
-                        f"{'seed' if len(seeds) == 1 else 'seeds'} {', '.join(map(str, seeds))}")]
+             ("Trials", f"{_status_line(run.records)} in {plural(len(groups), 'configuration')}; "
+                        f"{'seed' if len(seed_values) == 1 else 'seeds'} "
+                        f"{', '.join(map(str, seed_values))}")]
     machines = cells.machines_line(run.records)
     if machines:
         facts.insert(4, ("Machines", f"{machines}. Each trial's figures are its own machine's."))
@@ -153,7 +89,7 @@ def _runs_table(runs: list[Run]) -> Table:
         cells.data_line(run.header.data or {}), _status_line(run.records))] for run in runs]
     columns = [("run", False), ("run id", False), ("name", False), ("tags", False),
                ("device", False), ("data", False), ("trials", False)]
-    return table("Runs", columns, rows)
+    return table("Runs", columns, rows, wrap=("device", "data"))
 
 
 def _device_cell(run: Run) -> str:
@@ -162,46 +98,15 @@ def _device_cell(run: Run) -> str:
     return f"{line}; trials from {machines}" if machines else line
 
 
-def summary(runs: list[Run], groups: list[Group]) -> Section:
+def about(runs: list[Run], groups: list[Group]) -> Section:
+    """What was run, on what data and device, and how the tables' figures are made."""
     if len(runs) == 1:
         blocks: list[Block] = [Facts(tuple(_run_facts(runs[0], groups)))]
     else:
         blocks = [Para(f"{len(runs)} runs; every table labels its rows by run."), _runs_table(runs)]
-        if not _same_data(runs):
-            blocks.append(Para("Warning: the runs used different data sets; accuracies are "
-                               "not comparable across runs."))
-    blocks += [Para(SEEDS_NOTE), Para(TIMING_NOTE), best_per_family(runs, groups)]
-    return Section("summary", "Summary", tuple(blocks))
-
-
-def best_per_family(runs: list[Run], groups: list[Group]) -> Block:
-    best: dict[tuple, Group] = {}
-    for g in ranked(groups):
-        best.setdefault((g.run_index, g.family), g)
-    if not best:
-        return Para("No trial finished ok.")
-    chosen = [best[k] for k in sorted(best)]
-    columns = _columns(runs, FAMILY, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
-                       TRAIN_S)
-    return _rows_table("Best configuration per family", columns, chosen, accuracy_caption(runs))
-
-
-# ---------------------------------------------------------------- leaderboard
-
-
-def leaderboard(runs: list[Run], groups: list[Group]) -> Section:
-    order = ranked(groups)
-    top = order[:LEADERBOARD_SIZE]
-    if not top:
-        return Section("leaderboard", "Leaderboard", (Para("No trial finished ok."),))
-    rank = {id(g): i + 1 for i, g in enumerate(top)}
-    columns = [("#", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
-               *_columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
-                         TRAIN_S, _metric("steady epoch s", "steady_epoch_s"),
-                         _metric("ms/step", "step_ms"), _metric("compile s", "compile_s"))]
-    caption = (f"Top {len(top)} of {len(order)} configurations by mean test accuracy. "
-               + accuracy_caption(runs))
-    return Section("leaderboard", "Leaderboard", (_rows_table("", columns, top, caption),))
+    blocks += [Para(SEEDS_NOTE), Para(TIMING_NOTE)]
+    return Section("run", "About this run" if len(runs) == 1 else "About these runs",
+                   tuple(blocks))
 
 
 # ---------------------------------------------------------------- pivots
@@ -209,9 +114,10 @@ def leaderboard(runs: list[Run], groups: list[Group]) -> Section:
 PIVOT_FIXED = ("activation", "optimizer", "seed")
 
 
-def pivot_cells(groups: list[Group]) -> dict[tuple[int, str, str], list[Group]]:
-    """(run index, activation, optimizer) -> the family's groups there, most accurate first."""
-    order = {id(g): i for i, g in enumerate(ranked(groups))}
+def pivot_cells(groups: list[Group], v: Verdict) -> dict[tuple[int, str, str], list[Group]]:
+    """(run index, activation, optimizer) -> the family's groups there, best first (in the
+    verdict's ranking, which respects seeds)."""
+    order = {id(g): i for i, g in enumerate(ranked(v))}
     out: dict[tuple[int, str, str], list[Group]] = {}
     for g in groups:
         out.setdefault((g.run_index, g.config["activation"], g.config["optimizer"]), []).append(g)
@@ -226,7 +132,7 @@ def _pivot_cell(members: list[Group] | None, name: str, kind: str) -> Cell:
     g = members[0]
     if not g.ok:
         return Cell(", ".join(g.status_counts()), None)
-    return stat_cell(g.metric(name), kind, _seeds(g))
+    return stat_cell(g.metric(name), kind, seeds(g))
 
 
 def _varying(cell_map: dict) -> list[str]:
@@ -238,10 +144,12 @@ def _varying(cell_map: dict) -> list[str]:
     return sorted(names - set(PIVOT_FIXED))
 
 
-def pivot_table(runs: list[Run], family: str, family_groups: list[Group], metric: tuple) -> Table:
-    """Activations down, optimizers (per run) across; each cell the most accurate configuration."""
-    title, name, kind = metric
-    cell_map = pivot_cells(family_groups)
+def pivot_table(runs: list[Run], family: str, family_groups: list[Group], shown: tuple,
+                v: Verdict) -> Table:
+    """Activations down, optimizers (per run) across; each cell the most accurate configuration
+    (`shown`: the cells' column title, metric name and unit)."""
+    title, name, kind = shown
+    cell_map = pivot_cells(family_groups, v)
     acts = sorted({g.config["activation"] for g in family_groups})
     opts = sorted({g.config["optimizer"] for g in family_groups})
     keys = [(i, o) for o in opts for i in sorted({g.run_index for g in family_groups})]
@@ -249,48 +157,35 @@ def pivot_table(runs: list[Run], family: str, family_groups: list[Group], metric
     rows = [[text_cell(a), *(_pivot_cell(cell_map.get((i, a, o)), name, kind) for i, o in keys)]
             for a in acts]
     varying = _varying(cell_map)
-    caption = ("Each cell: the most accurate configuration with that activation and optimizer"
+    caption = ("Each cell: the best-ranked configuration with that activation and optimizer"
                + (f" (best over {', '.join(varying)}; all are in the full table)." if varying else "."))
     return table(f"{family}: {title}", [("activation", False), *((h, True) for h in heads)], rows,
                  caption)
 
 
-def pivots(runs: list[Run], groups: list[Group]) -> Section | None:
+def pivots(runs: list[Run], groups: list[Group], v: Verdict) -> Section | None:
     if not groups:
         return None
     blocks: list[Block] = []
     for family in families(groups):
         members = [g for g in groups if g.family == family]
-        blocks.append(pivot_table(runs, family, members, (_acc_title(runs), "test_accuracy", "pct")))
-        blocks.append(pivot_table(runs, family, members, ("steady epoch s", "steady_epoch_s", "s")))
+        blocks.append(pivot_table(runs, family, members, (acc_title(runs), "test_accuracy", "pct"), v))
+        blocks.append(pivot_table(runs, family, members, ("steady epoch s", "steady_epoch_s", "s"), v))
     blocks.append(Para(accuracy_caption(runs) + " Steady epoch s belongs to the configuration "
                        "shown in the accuracy table."))
     return Section("pivots", "By activation and optimizer", tuple(blocks))
 
 
-# ---------------------------------------------------------------- pareto front
-
-
-def pareto(runs: list[Run], groups: list[Group]) -> Section | None:
-    front = pareto_front(groups)
-    if not front:
-        return None
-    columns = _columns(runs, CONFIG, SEEDS, _metric(_acc_title(runs), "test_accuracy"),
-                       TRAIN_S)
-    caption = ("Configurations that no other configuration beats on both mean test accuracy and "
-               "mean training time (train s), fastest first. " + accuracy_caption(runs))
-    return Section("pareto", "Accuracy vs training time: Pareto front",
-                   (_rows_table("", columns, front, caption),))
-
-
 # ---------------------------------------------------------------- optimizers at their best rate
 
 
-def best_rates(groups: list[Group]) -> dict[tuple, list[tuple[Group, int]]]:
+def best_rates(groups: list[Group], v: Verdict) -> dict[tuple, list[tuple[Group, int]]]:
     """(run index, configuration without optimizer and rate) -> per optimizer tried at two or
-    more learning rates: (its most accurate group, how many rates were tried), best first."""
+    more learning rates: (its best-ranked group, how many rates were tried), best first. The
+    verdict's ranking: a rate that lost seeds never beats one whose every seed finished."""
     tried: dict[tuple, dict[str, list[Group]]] = {}
-    for g in ranked(groups):  # most accurate first
+    ours = {id(g) for g in groups}
+    for g in (g for g in ranked(v) if id(g) in ours):  # best first
         rest = tuple((k, v) for k, v in g.config.items() if k not in ("optimizer", "learning_rate"))
         tried.setdefault((g.run_index, rest), {}).setdefault(g.config["optimizer"], []).append(g)
     out = {}
@@ -301,24 +196,25 @@ def best_rates(groups: list[Group]) -> dict[tuple, list[tuple[Group, int]]]:
     return out
 
 
-def tuned_optimizers(runs: list[Run], groups: list[Group]) -> Section | None:
+def tuned_optimizers(runs: list[Run], groups: list[Group], v: Verdict) -> Section | None:
     """DeepOBS' question: which optimizer is best when each gets its best learning rate."""
-    found = best_rates(groups)
+    found = best_rates(groups, v)
     if not found:
         return None
     rows = [(g, rates) for best in found.values() for g, rates in best]
     rank = {id(g): i + 1 for best in found.values() for i, (g, _) in enumerate(best)}
     rates = {id(g): n for g, n in rows}
-    columns = _columns(runs, CONFIG, ("rank", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
+    columns = with_run(runs, CONFIG, ("rank", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
                        ("rates tried", True, lambda g: Cell(str(rates[id(g)]), rates[id(g)])),
-                       SEEDS, _metric(_acc_title(runs), "test_accuracy"),
-                       _metric("ms/step", "step_ms"))
-    caption = ("For each model and optimizer tried at several learning rates: the rate whose "
-               "seeds reached the highest mean test accuracy, ranked within the model (the "
+                       SEEDS, metric(acc_title(runs), "test_accuracy"),
+                       metric("ms/step", "step_ms"))
+    caption = ("For each model and optimizer tried at several learning rates: its best-ranked "
+               "rate (the highest mean test accuracy among rates whose every seed finished ok), "
+               "ranked within the model (the "
                "DeepOBS protocol: tune each optimizer's rate on a grid, compare them at their "
                "best over several seeds). " + accuracy_caption(runs))
     return Section("tuned", "Optimizers at their best learning rate",
-                   (_rows_table("", columns, [g for g, _ in rows], caption),))
+                   (rows_table("", columns, [g for g, _ in rows], caption),))
 
 
 # ---------------------------------------------------------------- implementations
@@ -350,7 +246,7 @@ def implementations(runs: list[Run], groups: list[Group]) -> Section | None:
     if not pairs:
         return None
     metrics = (("ms/step", "step_ms"), ("steady epoch s", "steady_epoch_s"), ("compile s", "compile_s"),
-               (_acc_title(runs), "test_accuracy"))
+               (acc_title(runs), "test_accuracy"))
     columns = [("configuration", False), ("n", True)]
     for title, name in metrics:
         columns += [(f"{title} {form}", True) for form in IMPL_FORMS]
@@ -359,9 +255,9 @@ def implementations(runs: list[Run], groups: list[Group]) -> Section | None:
     rows = []
     for pair in pairs:
         row = [text_cell(pair[0].records[0].config.label(without=("impl",))),
-               Cell(str(_seeds(pair[0])), _seeds(pair[0]))]
+               Cell(str(seeds(pair[0])), seeds(pair[0]))]
         for _, name in metrics:
-            row += [stat_cell(g.metric(name), UNITS[name], _seeds(g)) for g in pair]
+            row += [stat_cell(g.metric(name), UNITS[name], seeds(g)) for g in pair]
             if name == "step_ms":
                 row.append(_ratio_cell(pair, "step_ms"))
         rows.append(row)
@@ -381,31 +277,46 @@ def implementations(runs: list[Run], groups: list[Group]) -> Section | None:
 # ---------------------------------------------------------------- all configurations
 
 
+def _status(g: Group) -> Cell:
+    return Cell(g.status_summary(), g.status_counts().get("ok", 0))
+
+
+def _busy(g: Group) -> Cell:
+    busy = sum(r.busy for r in g.records)
+    text = "" if not busy else "yes" if busy == len(g.records) else f"{busy}/{len(g.records)}"
+    return Cell(text, busy)
+
+
+def _params(g: Group) -> Cell:
+    return number_cell(stat(r.params for r in g.records).mean, "count")
+
+
 def _target_columns(runs: list[Run]) -> list[Column]:
-    return [_metric(f"to {100 * float(t):g}% s", time_to(t), "s", cells.NEVER)
+    return [metric(f"to {100 * float(t):g}% s", time_to(t), "s", cells.NEVER)
             for t in targets(runs)]
 
 
-def all_configurations(runs: list[Run], groups: list[Group]) -> Section | None:
+def all_configurations(runs: list[Run], groups: list[Group], v: Verdict) -> Section | None:
     if not groups:
         return None
-    columns = _columns(runs, CONFIG, SEEDS, ("status", False, _status),
-                       _metric(_acc_title(runs), "test_accuracy"),
-                       _metric("compile s", "compile_s"), _metric("epoch 1 s", "first_epoch_s"),
-                       _metric("steady epoch s", "steady_epoch_s"), TRAIN_S,
-                       _metric("ms/step", "step_ms"), _metric("samples/s", "samples_per_s"),
-                       _metric("GFLOP/s", "achieved_flops"),
-                       _metric("% of peak", "peak_fraction"), ("busy", False, _busy),
+    columns = with_run(runs, CONFIG, rank_column(v), SEEDS, ("status", False, _status),
+                       metric(acc_title(runs), "test_accuracy"),
+                       metric("compile s", "compile_s"), metric("epoch 1 s", "first_epoch_s"),
+                       metric("steady epoch s", "steady_epoch_s"), TRAIN_S,
+                       metric("ms/step", "step_ms"), metric("samples/s", "samples_per_s"),
+                       metric("GFLOP/s", "achieved_flops"),
+                       metric("% of peak", "peak_fraction"), ("busy", False, _busy),
                        ("params", True, _params), *_target_columns(runs))
     together = any(trained_together(r) for run in runs for r in run.records)
-    caption = (accuracy_caption(runs) + " \"to X% s\": training seconds until the test accuracy "
+    caption = (accuracy_caption(runs) + " rank: within the family, as in the leaderboard. "
+               "\"to X% s\": training seconds until the test accuracy "
                f"first reached X% (compilation excluded; {cells.NEVER} never reached"
                + ("; trials trained in a population count on their population's clock, and "
                   "their compile and epoch times are the population's (see Populations)"
                   if together else "")
                + "). % of peak: achieved FLOP/s over the device's calibrated fp32 matmul peak. "
                "busy: other processes used the CPU while the trial was timed.")
-    return Section("trials", "All configurations", (_rows_table("", columns, groups, caption),))
+    return Section("trials", "All configurations", (rows_table("", columns, groups, caption),))
 
 
 # ---------------------------------------------------------------- published vs measured
@@ -427,17 +338,17 @@ def published(runs: list[Run], groups: list[Group]) -> Section | None:
     chosen = [g for g in groups if _reference(g)]
     if not chosen:
         return None
-    columns = _columns(runs, CONFIG, SEEDS,
+    columns = with_run(runs, CONFIG, SEEDS,
                        ("reference", False, lambda g: text_cell(_reference(g).get("name"))),
                        ("published %", True,
                         lambda g: number_cell(_reference(g).get("published_test_accuracy"), "pct")),
-                       _metric(_acc_title(runs, "measured %"), "test_accuracy"),
+                       metric(acc_title(runs, "measured %"), "test_accuracy"),
                        ("difference pp", True, _difference),
                        ("source", False, lambda g: text_cell(_reference(g).get("source"))))
     caption = ("Published figures are as reported by their source, on its own test set and "
                "training budget; measured figures are this run's. " + accuracy_caption(runs))
     return Section("published", "Published vs measured",
-                   (_rows_table("", columns, chosen, caption),))
+                   (rows_table("", columns, chosen, caption, wrap=("reference", "source")),))
 
 
 # ---------------------------------------------------------------- errors
@@ -465,7 +376,7 @@ def errors(runs: list[Run]) -> Section | None:
                ("error", False)]
     if len(runs) == 1:
         columns, rows = columns[1:], [row[1:] for row in rows]
-    return Section("errors", "Errors", (table("", columns, rows),))
+    return Section("errors", "Errors", (table("", columns, rows, wrap=("error",)),))
 
 
 # ---------------------------------------------------------------- environment
@@ -502,4 +413,4 @@ def environment(runs: list[Run]) -> Section:
     rows = [[text_cell(n), *(text_cell(rows.get(n, "")) for rows in per_run)] for n in names]
     heads = ["value"] if len(runs) == 1 else [run.label for run in runs]
     columns = [("item", False), *((h, False) for h in heads)]
-    return Section("environment", "Environment", (table("", columns, rows),))
+    return Section("environment", "Environment", (table("", columns, rows, wrap=tuple(heads)),))
