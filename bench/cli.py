@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 from bench.engine import data as data_sources
+from bench.contract.pruning import METHODS as PRUNING_METHODS, OFF as PRUNING_OFF, parse_pruning
 from bench.read.compare import METRICS, Thresholds, parse_threshold
 from bench.read.compare_command import run_compare
 from bench.run.executors import EXECUTORS
@@ -78,6 +79,15 @@ def _fraction(text: str) -> float:
     return value
 
 
+def _validation(text: str) -> float:
+    """--validation: a fraction strictly between 0 and 1."""
+    try:
+        return data_sources.check_validation_fraction(float(text))
+    except (ValueError, data_sources.DataError):
+        raise argparse.ArgumentTypeError(f"{text!r}: expected a fraction strictly between 0 "
+                                         "and 1, e.g. 0.1667") from None
+
+
 def _units(text: str):
     return None if text in ("ref", "reference", "auto") else int(text)
 
@@ -104,6 +114,10 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     where.add_argument("--data", help="auto (default), embedded, tfds, or a folder of IDX files / an .npz")
     where.add_argument("--dataset", help=f"mnist (default); with --data tfds: {', '.join(data_sources.TFDS_DATASETS)}")
     where.add_argument("--data-dir", default=None, help="TFDS data directory")
+    where.add_argument("--validation", type=_validation, metavar="FRACTION",
+                       help="hold out this fraction of the training split (stratified, the same "
+                            "for every trial) for validation: choices are made on it, test "
+                            "accuracy is reported (default none)")
     where.add_argument("--population", metavar="auto|off|N",
                        help="train trials that differ only in seed, learning rate, L1, L2 and "
                             "dropout rate together, vmapped: auto (default) as many as fit, "
@@ -121,6 +135,16 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                             "cores (default 1; more packs work but spoils timing)")
     where.add_argument("--out", type=Path, default=None,
                        help="run directory (default reports/<run-id>/); an existing one is resumed")
+    pruning = p.add_argument_group("pruning (see docs/pruning.md)")
+    pruning.add_argument("--prune", choices=(PRUNING_OFF, *PRUNING_METHODS), default=None,
+                         help="halving: successive halving within each group of configurations "
+                              "that differ only in learning rate, L1, L2 and dropout rate; needs "
+                              "--validation (default off)")
+    pruning.add_argument("--eta", type=int, metavar="N",
+                         help="with --prune halving: each rung keeps the best 1/N (default 3)")
+    pruning.add_argument("--min-epochs", type=int, metavar="N",
+                         help="with --prune halving: the first rung's epoch; then N x eta, "
+                              "N x eta^2, ... below the trials' epochs (default 1)")
     timing = p.add_argument_group("timing protocol (see README)")
     timing.add_argument("--repeats", type=_positive, help=f"timed rounds per trial (default {TimingProtocol.repeats})")
     timing.add_argument("--burn-in", type=_non_negative, help=f"untimed rounds first (default {TimingProtocol.burn_in})")
@@ -145,7 +169,9 @@ verdicts, per trial matched by key:
              --max-accuracy-drop percentage points (improvement if it rises so).
   compile    compile time, one sample: beyond {Thresholds().compile:.0%} slower is reported
              but does not gate unless --gate-compile (noisy; a cache hit is ~0).
-  status     ok -> diverged/failed is a regression.
+  status     ok -> diverged/failed is a regression. A trial pruned (--prune) on
+             one side only is finished, not failed: its status and accuracy are
+             reported n/a ("censored"), never a regression.
   A trial measured on a busy machine is marked 'busy' in the notes.
   Missing and extra trials are listed; they are not regressions.
 threshold metrics (--threshold METRIC=VALUE, VALUE may end in %):
@@ -207,6 +233,10 @@ def build_parser() -> argparse.ArgumentParser:
     _add_report_args(sub.add_parser(
         "report", help="render report.md, report.html and results.csv from run directories",
         description=REPORT_HELP, formatter_class=argparse.RawDescriptionHelpFormatter))
+    _add_ab_args(sub.add_parser(
+        "ab", help="regression gate: measure BASE and HEAD here, interleaved, until sure",
+        description=AB_HELP, epilog=AB_RULES, conflict_handler="resolve",
+        formatter_class=argparse.RawDescriptionHelpFormatter))
     return parser
 
 
@@ -226,28 +256,37 @@ def sweep_from_args(args: argparse.Namespace):
 
 # Settings a run records and a resumed run must keep: name -> default.
 PROTOCOL_DEFAULTS = dataclasses.asdict(TimingProtocol())
-OPTION_DEFAULTS = {"device": "auto", "data": "auto", "dataset": None, "data_dir": None}
+OPTION_DEFAULTS = {"device": "auto", "data": "auto", "dataset": None, "data_dir": None,
+                   "validation": None}
+PRUNING_DEFAULTS = {"prune": None, "eta": None, "min_epochs": None}  # Pruning's own defaults
+NEEDS_VALIDATION = ("--prune needs --validation FRACTION: pruning chooses on a validation "
+                    "split, never on the test figures it reports")
 
 
 def options_from_args(args: argparse.Namespace, run: dict):
     """Run settings: a flag, else the sweep file's [run], else the default. A resumed run
     keeps the settings it recorded; asking for others is a SpecError naming each."""
     from bench.run.runner import RunOptions
-    asked = {name: _asked(args, run, name) for name in (*PROTOCOL_DEFAULTS, *OPTION_DEFAULTS)}
+    asked = {name: _asked(args, run, name)
+             for name in (*PROTOCOL_DEFAULTS, *OPTION_DEFAULTS, *PRUNING_DEFAULTS)}
     asked = {name: value for name, value in asked.items() if value is not None}
     recorded = _recorded_settings(args.resume or args.out)
     if recorded:
         _refuse_changes(asked, recorded, args.resume or args.out)
-    settings = {**PROTOCOL_DEFAULTS, **OPTION_DEFAULTS, **asked, **recorded}
+    settings = {**PROTOCOL_DEFAULTS, **OPTION_DEFAULTS, **PRUNING_DEFAULTS, **asked, **recorded}
     settings["dataset"] = settings["dataset"] or _dataset_label(settings["data"])
     protocol = TimingProtocol(**{k: settings[k] for k in PROTOCOL_DEFAULTS})
+    pruning = parse_pruning(*(settings[k] for k in PRUNING_DEFAULTS))
+    if pruning is not None and settings["validation"] is None:
+        raise SpecError(NEEDS_VALIDATION)
     return RunOptions(device=settings["device"], data=settings["data"], dataset=settings["dataset"],
-                      data_dir=settings["data_dir"] or None, out=args.resume or args.out,
+                      data_dir=settings["data_dir"] or None, validation=settings["validation"],
+                      out=args.resume or args.out,
                       resume_only=args.resume is not None, retry_failed=args.retry_failed,
                       population=parse_population(_asked(args, run, "population") or AUTO),
                       devices=_device_count(_asked(args, run, "devices")),
                       protocol=protocol, recalibrate=args.recalibrate,
-                      compilation_cache=args.compilation_cache,
+                      compilation_cache=args.compilation_cache, pruning=pruning,
                       **_executor_settings(args, run))
 
 
@@ -283,6 +322,8 @@ def _asked(args: argparse.Namespace, run: dict, name: str):
         value = tuple(value)
     if name == "data" and value is not None:
         value = absolute_data(str(value))
+    if name == "validation" and value is not None:
+        value = data_sources.check_validation_fraction(value)
     return value
 
 
@@ -313,8 +354,15 @@ def _recorded_settings(run_dir: Path | None) -> dict:
         return {}
     header = load_header(run_dir)
     recorded = {**header.protocol, **header.options}
+    if header.options:  # recorded before --validation existed: it held nothing out
+        recorded.setdefault("validation", None)
     if "targets" in recorded:
         recorded["targets"] = tuple(recorded["targets"])
+    # A run keeps its pruning: one that did not prune (or was made before --prune) resumes
+    # without it, so its trials are never judged by two rules.
+    pruning = header.pruning or {"method": PRUNING_OFF}
+    recorded["prune"] = pruning["method"]
+    recorded |= {name: pruning[name] for name in ("eta", "min_epochs") if name in pruning}
     return recorded
 
 
@@ -358,6 +406,107 @@ def run_report(args: argparse.Namespace) -> int:
     return 0
 
 
+AB_HELP = """\
+Measure two versions on this machine and say whether HEAD is slower or less accurate
+than BASE. Each side is a git revision of this checkout (built once into a cached
+worktree and environment), python:/path/to/python (an interpreter with bench installed,
+e.g. another jax), or '.' (the working tree with this interpreter; HEAD's default).
+Rounds are `bench run` invocations with the flags below (default --preset ci), one side
+after the other, the order flipping each pair (ABBA...); pairs are added until every
+verdict is sure or --budget runs out. Details: docs/regression-gate.md."""
+
+AB_RULES = """\
+verdicts, per trial matched by key, on the pairs of rounds:
+  step_time  ratio HEAD/BASE of each pair's median step times; on the log ratios a
+             t-interval at 1 - --alpha (95%) and a one-sided paired t-test.
+             regression: the interval lies above 1 and the ratio exceeds
+             1 + --max-slowdown; no regression: the interval ends below it;
+             otherwise undecided (more pairs, within --budget).
+  accuracy   same seeds on both sides: regression if HEAD's test accuracy drops by
+             more than --max-accuracy-drop points (mean over pairs).
+  status     ok in BASE, diverged/failed in HEAD is a regression.
+exit status: 0 no regression, 1 regression, 2 unusable input (a side that does not
+build or run), 3 undecided within the budget."""
+
+# `bench run` flags a gate cannot pass on: each of its rounds is a new, serial run here.
+AB_REFUSED = ("resume", "retry_failed", "executor", "ray_address", "tasks_per_node")
+
+
+def _add_ab_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("base", metavar="BASE", help="a git revision, or python:/path/to/python")
+    p.add_argument("head", metavar="HEAD", nargs="?", default=".",
+                   help="the same, or '.' (default): the working tree with this interpreter")
+    _add_run_args(p)
+    gate = p.add_argument_group("the gate")
+    gate.add_argument("--max-slowdown", type=_non_negative_float, default=0.05, metavar="FRACTION",
+                      help="step-time threshold (default %(default)s = 5%%)")
+    gate.add_argument("--max-accuracy-drop", type=_non_negative_float, default=1.0, metavar="PP",
+                      help="test accuracy threshold, percentage points (default %(default)s)")
+    gate.add_argument("--alpha", type=_non_negative_float, default=0.05,
+                      help="1 - the intervals' level (default %(default)s: 95%% intervals)")
+    gate.add_argument("--budget", type=_non_negative_float, default=10.0, metavar="MINUTES",
+                      help="measuring time after which an unsure verdict is reported as "
+                           "undecided (default %(default)s; building is not counted)")
+    gate.add_argument("--min-pairs", type=_positive, default=2, metavar="N",
+                      help="pairs of rounds before any verdict (default %(default)s)")
+    gate.add_argument("--max-wait", type=_non_negative_float, default=60.0, metavar="SECONDS",
+                      help="before each round, wait at most this long for other processes to "
+                           "leave the machine (default %(default)s)")
+    gate.add_argument("--out", type=Path, default=None,
+                      help="the gate's folder: base/round-NN and head/round-NN run directories, "
+                           "ab.md and ab.json (default reports/ab-<time>)")
+    gate.add_argument("--markdown", type=Path, metavar="FILE", help="also write the table to FILE")
+    gate.add_argument("--json", type=Path, metavar="FILE", help="also write the verdict as JSON to FILE")
+    gate.add_argument("--repo", type=Path, default=None,
+                      help="the git checkout BASE and HEAD belong to (default: bench's own)")
+    gate.add_argument("--cache-dir", type=Path, default=None,
+                      help="built revisions (default $XDG_CACHE_HOME/bench/ab)")
+
+
+def ab_round_flags(args: argparse.Namespace) -> tuple[str, ...]:
+    """The `bench run` flags of each round of `bench ab`: the run flags it was given, with
+    paths made absolute (a side runs in its own folder) and --out left to the gate."""
+    probe = argparse.ArgumentParser(add_help=False)
+    _add_run_args(probe)
+    flags = []
+    for action in probe._actions:
+        value = getattr(args, action.dest, None)
+        if action.dest == "out" or value is None or value is False:
+            continue
+        if action.dest in AB_REFUSED:
+            raise SpecError(f"{action.option_strings[0]} cannot be used with `bench ab`: each "
+                            "round is a new `bench run` in one process on this machine")
+        flags += [action.option_strings[0]] + ([] if action.nargs == 0 else [_flag_text(action.dest, value)])
+    return tuple(flags)
+
+
+def _flag_text(dest: str, value) -> str:
+    if isinstance(value, tuple):
+        return ",".join("auto" if v is None else str(v) for v in value)
+    if dest == "data":
+        return absolute_data(value)
+    if isinstance(value, Path) or dest in ("data_dir", "compilation_cache"):
+        return str(Path(value).expanduser().resolve())
+    return str(value)
+
+
+def _ab(args: argparse.Namespace) -> int:
+    from bench.run.ab.command import Request, run_ab
+    from bench.run.ab.decide import Rule
+    if not (args.sweep or args.preset):
+        args.preset = "ci"
+    if not 0 < args.alpha < 1:
+        raise SpecError(f"--alpha {args.alpha}: expected a fraction between 0 and 1")
+    flags = ab_round_flags(args)
+    sweep_from_args(args)  # a misspelt preset or axis value fails here, before any build
+    rule = Rule(max_slowdown=args.max_slowdown, max_accuracy_drop=args.max_accuracy_drop,
+                alpha=args.alpha)
+    return run_ab(Request(base=args.base, head=args.head, run_flags=flags, rule=rule,
+                          budget_s=60 * args.budget, min_pairs=args.min_pairs, out=args.out,
+                          markdown=args.markdown, json=args.json, repo=args.repo,
+                          cache=args.cache_dir, max_wait_s=args.max_wait))
+
+
 def _enable_compilation_cache(path: str) -> None:
     try:
         Path(path).mkdir(parents=True, exist_ok=True)
@@ -397,6 +546,8 @@ def main(argv: list[str] | None = None) -> int:
                                normalize=args.normalize, fmt=args.format, markdown=args.markdown)
         if args.command == "report":
             return run_report(args)
+        if args.command == "ab":
+            return _ab(args)
         return _run(args, argv if argv is not None else sys.argv[1:])
     except KeyboardInterrupt:
         print(f"bench {args.command}: interrupted", file=sys.stderr)

@@ -500,7 +500,8 @@ def fake_ray(isolated, tmp_path, fresh_worker, fake_peak, monkeypatch):
     from bench.engine.data import load_dataset
     from bench.run.ray_executor import RayExecutor
 
-    def instant(unit, dataset, device_list, protocol, *, peak_flops=None, on_epoch=None):
+    def instant(unit, dataset, device_list, protocol, *, peak_flops=None, on_epoch=None,
+                pruning=None):
         if unit.group == "raises":
             raise ValueError("a bug in the trial runner")
         return [Record(config=c, status="ok", test_accuracy=0.5,

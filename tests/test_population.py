@@ -339,14 +339,14 @@ def test_worth_retiring(rows_now, rows_after, epoch_s, epochs_left, compile_s, w
 def test_a_failing_population_is_retried_as_halves_before_anything_fails(dataset, monkeypatch):
     """A population that cannot run as a whole (e.g. out of memory) splits; its members
     are trained in smaller populations or alone, and nothing is recorded twice or lost."""
-    real_run = population._UnitTraining.run
+    real_run = population._Training.run
 
     def run_only_small(self):
         if self.unit.size > 2:
             raise RuntimeError("RESOURCE_EXHAUSTED: out of memory")
         return real_run(self)
 
-    monkeypatch.setattr(population._UnitTraining, "run", run_only_small)
+    monkeypatch.setattr(population._Training, "run", run_only_small)
     cfgs = lr_sweep(5)
     records = run(cfgs, dataset)
     assert sorted(r.key for r in records) == sorted(c.key for c in cfgs)
@@ -369,7 +369,7 @@ def test_a_members_flop_count_is_the_same_trials_count_alone(dataset, family, im
     def counted(unit: Unit) -> list:
         """The records' FLOP counts once the unit is built (nothing compiled or trained)."""
         training = population._UnitTraining(unit, dataset, jax.devices("cpu")[:1], PROTOCOL,
-                                            None, lambda _: None)
+                                            None)
         training._build_and_compile()
         return [r.flops_per_step for r in training.records]
 

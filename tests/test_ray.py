@@ -309,3 +309,25 @@ def wait_for(condition, timeout: float):
             return value
         time.sleep(0.1)
     return None
+
+
+def test_a_pruned_sweep_decides_each_halving_group_on_one_worker_as_serially(cluster, data):
+    """--prune halving: each halving group (here one per optimizer) is one unit, so one
+    worker decides its rungs; the decisions and figures are the serial run's."""
+    root = cluster.root
+    pruned = ["--learning-rate", "0.1,0.01,0.001", "--seeds", "0,1", "--activations", "relu",
+              "--validation", "0.25", "--prune", "halving"]
+    on_ray = run_bench(sweep(data, *pruned, "--executor", "ray", "--ray-address",
+                             cluster.address, "--out", root / "pruned-ray"), root)
+    assert on_ray.returncode == 0, on_ray.stderr[-3000:]
+    serial = run_bench(sweep(data, *pruned, "--out", root / "pruned-serial"), root)
+    assert serial.returncode == 0, serial.stderr[-3000:]
+    got, want = records(root / "pruned-ray"), records(root / "pruned-serial")
+    outcome = lambda rs: {r["key"]: (r["status"], r.get("pruned_at_epoch")) for r in rs}  # noqa: E731
+    assert outcome(got) == outcome(want)
+    assert sorted(s for s, _ in outcome(got).values()) == ["ok"] * 4 + ["pruned"] * 8
+    header = json.loads((root / "pruned-ray" / "run.json").read_text())
+    assert len(header["executor_units"]) == 2  # one unit per halving group
+    serial_acc = {r["key"]: r["test_accuracy"] for r in want}
+    for r in got:
+        assert r["test_accuracy"] == pytest.approx(serial_acc[r["key"]], abs=1e-6), r["config"]

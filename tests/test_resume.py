@@ -48,7 +48,8 @@ class Recorder:
 
 def each_member(recorder: Recorder):
     """The engine's train_unit with each member of a unit trained by `recorder`."""
-    def train_unit(unit, dataset, device_list, protocol, *, peak_flops=None, on_epoch=None):
+    def train_unit(unit, dataset, device_list, protocol, *, peak_flops=None, on_epoch=None,
+                   pruning=None):
         records = [recorder(c, dataset, device_list[0], protocol, peak_flops=peak_flops,
                             on_epoch=on_epoch) for c in unit.members]
         for index, record in enumerate(records):

@@ -108,8 +108,10 @@ class MachineFacts:
 
 # What makes two data sets the same for bench: a resumed run and its first part, a Ray worker
 # and its driver, two runs whose accuracies a report compares. Not where the files lie: a
-# node reads them from its own path.
-DATA_IDENTITY = ("name", "source", "train_examples", "test_examples")
+# node reads them from its own path. A validation split held out of training changes what
+# trains (`train_examples` counts the rest), so test figures are not comparable across
+# different splits; runs without one have no `validation_examples` (None), as before.
+DATA_IDENTITY = ("name", "source", "train_examples", "test_examples", "validation_examples")
 
 
 def data_identity(data: dict) -> dict:
@@ -153,6 +155,7 @@ class RunHeader:
     devices: list | None = None                      # the devices a serial run used
     workers: int | None = None                       # a cluster's workers
     resumed: list = field(default_factory=list)      # later invocations: command, time, how
+    pruning: dict | None = None                      # --prune: bench.contract.pruning.Pruning
     executor_units: list = field(default_factory=list)  # per unit: node, seconds on the wire
 
     def current(self) -> dict | RunHeader:
@@ -166,7 +169,7 @@ class RunHeader:
 
     def to_json(self) -> dict:
         out = dataclasses.asdict(self)
-        for name in ("resumed", "executor_units", "tags"):  # written only once there are any
+        for name in ("resumed", "executor_units", "tags", "pruning"):  # written once set
             if not out[name]:
                 del out[name]
         return out

@@ -33,7 +33,9 @@ from models import CELLS, IMPLS, MODELS
 # configs gain `pooling`, machines and run.json `cpu_kernel_target`: a bench of version 3 would
 # refuse those fields, so it is told the file is newer.
 SCHEMA_VERSION = 4
-STATUSES = ("ok", "diverged", "failed")
+# `pruned`: stopped at a rung of successive halving (bench/contract/pruning.py); a finished
+# trial, censored: its figures are those of the epochs it reached.
+STATUSES = ("ok", "diverged", "failed", "pruned")
 PLATFORMS = ("cpu", "gpu", "tpu", "auto")  # --device; bench.engine.devices resolves them
 
 
@@ -342,9 +344,12 @@ class TimingProtocol:
 # ---------------------------------------------------------------- records
 
 
-def _figure(unit: str, default=None, *, aggregate: bool = False):
-    """A scalar field of a record: `unit` says how it is shown; `aggregate`, averaged over seeds."""
-    return field(default=default, metadata={"unit": unit, "aggregate": aggregate})
+def _figure(unit: str, default=None, *, aggregate: bool = False, optional: bool = False):
+    """A scalar field of a record: `unit` says how it is shown; `aggregate`, averaged over seeds;
+    `optional`, written (and given a results.csv column) only where some record has it, so
+    runs that never set it keep their files as they were."""
+    return field(default=default, metadata={"unit": unit, "aggregate": aggregate,
+                                            "optional": optional})
 
 
 @dataclass(slots=True)
@@ -374,6 +379,9 @@ class Record:
     status: str = field(default="ok", metadata={"unit": "text"})
     test_accuracy: float | None = _figure("pct", aggregate=True)
     test_loss: float | None = _figure("number")
+    # The last epoch's figures on the validation split, in runs that hold one out (--validation).
+    validation_accuracy: float | None = _figure("pct", aggregate=True, optional=True)
+    validation_loss: float | None = _figure("number", optional=True)
     compile_s: float | None = _figure("s", aggregate=True)
     eval_compile_s: float | None = _figure("s")
     round_compile_s: float | None = _figure("s")
@@ -392,6 +400,7 @@ class Record:
     round_steps: int | None = _figure("count")
     train_examples: int | None = _figure("count")
     test_examples: int | None = _figure("count")
+    validation_examples: int | None = _figure("count", optional=True)
     wall_s: float | None = _figure("s")
     epoch_s: list = field(default_factory=list)
     rounds_s: list = field(default_factory=list)
@@ -404,6 +413,10 @@ class Record:
     machine: MachineFacts | None = None
     error: str | None = None
     traceback: str | None = None
+    # In runs that prune (--prune): how (bench.contract.pruning.Pruning.to_json), on every
+    # record; and on a `pruned` one, the rung (epoch) it stopped at.
+    pruning: dict | None = field(default=None, metadata={"optional": True})
+    pruned_at_epoch: int | None = _figure("count", optional=True)
 
     def __post_init__(self):
         """Facts given as their JSON tables (a results.jsonl line, a test) become typed."""
@@ -448,6 +461,8 @@ class Record:
         out = {"schema_version": SCHEMA_VERSION, "key": self.key}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if value is None and f.name in OPTIONAL_FIELDS:
+                continue
             if f.name == "config":
                 value = value.to_dict()
             elif f.name == "population" and value is not None:
@@ -484,6 +499,8 @@ AGGREGATE_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Rec
                                           if f.metadata.get("aggregate"))
 UNITS: dict[str, str] = {f.name: f.metadata["unit"] for f in dataclasses.fields(Record)
                          if "unit" in f.metadata}
+OPTIONAL_FIELDS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(Record)
+                                         if f.metadata.get("optional"))
 
 
 def check_version(version, where: str) -> int:

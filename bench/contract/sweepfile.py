@@ -36,8 +36,9 @@ from pathlib import Path
 from bench.contract.schema import AXES, SpecError, TrialConfig, axis, default_grid, make_config, unique
 
 TOP_KEYS = ("name", "description", "grid", "random", "trial", "run")
-RUN_KEYS = ("data", "dataset", "data_dir", "device", "devices", "population", "executor",
-            "ray_address", "tasks_per_node", "repeats", "burn_in", "round_steps", "targets")
+RUN_KEYS = ("data", "dataset", "data_dir", "validation", "device", "devices", "population",
+            "executor", "ray_address", "tasks_per_node", "repeats", "burn_in", "round_steps",
+            "targets", "prune", "eta", "min_epochs")
 DISTRIBUTIONS = ("log_uniform", "uniform")
 
 

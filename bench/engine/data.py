@@ -9,6 +9,10 @@ Four sources, named by `--data`:
 
 Every problem raises DataError naming the file or folder at fault. Images come out
 float32 in [0, 1] with shape (N, 28, 28); labels int32 in 0..9.
+
+A run may hold out part of the training split for validation (`hold_out_validation`):
+stratified by label, drawn with a seed taken from the training labels themselves, so every
+trial, seed and node of a run (and every run on the same data) gets the same split.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import urllib.parse
 import urllib.request
 import zipfile
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -68,9 +72,14 @@ class Dataset:
     y_train: np.ndarray
     x_test: np.ndarray
     y_test: np.ndarray
+    # Held out of the training split (hold_out_validation); x_train/y_train are the rest.
+    x_val: np.ndarray | None = None
+    y_val: np.ndarray | None = None
+    validation: dict | None = None  # how the validation split was drawn (see describe)
 
     def describe(self) -> dict:
-        """A JSON-able summary: identity, sizes and (for the embedded sample) provenance."""
+        """A JSON-able summary: identity, sizes, how a validation split was drawn, and (for
+        the embedded sample) provenance. `train_examples` counts what training uses."""
         info = {
             "name": self.name,
             "source": self.source,
@@ -80,6 +89,9 @@ class Dataset:
             "image_shape": list(self.x_train.shape[1:]),
             "num_classes": NUM_CLASSES,
         }
+        if self.validation is not None:
+            info["validation_examples"] = int(self.x_val.shape[0])
+            info["validation"] = dict(self.validation)
         if self.source == "embedded":
             info["provenance"] = EMBEDDED_NOTE
         return info
@@ -139,6 +151,60 @@ def load_embedded() -> Dataset:
     with importlib.resources.as_file(resource) as path:
         arrays = _read_npz(str(path))
     return Dataset("mnist", "embedded", "", *arrays)
+
+
+# ---------------------------------------------------------------- the validation split
+
+VALIDATION_DRAWN = ("stratified by label from the training split: per class, its share of "
+                    "the examples (largest remainders to round), drawn without replacement "
+                    "by numpy.random.default_rng(seed), seed = CRC-32 of the training labels")
+
+
+def check_validation_fraction(fraction) -> float:
+    """`fraction` as a float if it is a number strictly between 0 and 1, else DataError."""
+    number = isinstance(fraction, (int, float)) and not isinstance(fraction, bool)
+    if not (number and 0 < fraction < 1):
+        raise DataError(f"validation: {fraction!r} is not a fraction of the training split "
+                        "strictly between 0 and 1 (e.g. 0.1667 holds out 10,000 of MNIST's 60,000)")
+    return float(fraction)
+
+
+def hold_out_validation(dataset: Dataset, fraction: float) -> Dataset:
+    """`dataset` with a stratified `fraction` of its training split held out as validation
+    (x_val, y_val) and training left with the rest, in their original order."""
+    fraction = check_validation_fraction(fraction)
+    if dataset.validation is not None:
+        raise DataError("this data set already holds out a validation split")
+    labels = dataset.y_train
+    seed = zlib.crc32(np.ascontiguousarray(labels, np.int32).tobytes())
+    held = validation_indices(labels, fraction, seed)
+    if len(held) == 0 or len(held) == len(labels):
+        left = "no example" if len(held) == 0 else "every example"
+        raise DataError(f"validation {fraction:g} of {len(labels):,} training examples holds "
+                        f"out {left}; give a fraction that leaves both splits examples")
+    rest = np.setdiff1d(np.arange(len(labels)), held)
+    split = {"x_train": dataset.x_train[rest], "y_train": labels[rest],
+             "x_val": dataset.x_train[held], "y_val": labels[held]}
+    for array in split.values():
+        array.setflags(write=False)
+    how = {"fraction": fraction, "examples": len(held), "of_train_examples": len(labels),
+           "seed": seed, "drawn": VALIDATION_DRAWN}
+    return replace(dataset, **split, validation=how)
+
+
+def validation_indices(labels: np.ndarray, fraction: float, seed: int) -> np.ndarray:
+    """Sorted indices of a stratified `fraction` of `labels`: round(fraction x N) in all,
+    each class its proportional share (largest remainders get the odd ones)."""
+    classes, counts = np.unique(labels, return_counts=True)
+    quotas = fraction * counts
+    take = np.floor(quotas).astype(int)
+    short = int(round(fraction * len(labels))) - int(take.sum())
+    # Stable: equal remainders go to the lower class, so the split is fully determined.
+    take[np.argsort(-(quotas - take), kind="stable")[:short]] += 1
+    rng = np.random.default_rng(seed)
+    held = [rng.choice(np.flatnonzero(labels == c), n, replace=False)
+            for c, n in zip(classes, take)]
+    return np.sort(np.concatenate(held)) if held else np.array([], int)
 
 
 # ---------------------------------------------------------------- conversion

@@ -19,10 +19,19 @@ second, time to accuracy on that clock) is recorded under the record's `populati
 as a member's own; a unit of one records them as its own. A failure that is the whole unit
 running out of memory retries the unit as two halves; any other exception records every
 member `failed` at once, naming the exception and the innermost frame of bench's code.
+
+Pruning (--prune halving, bench/contract/pruning.py): a unit is then a whole halving group,
+and it may hold several programs (`Unit.parts`: populations, or trials alone that it trains
+in turn, each its own `_Solo` with its own clock). The loop trains every program's epoch,
+then, at a rung, stops the configurations that lose on validation accuracy: a pruned
+member stops training at once (masked, like a diverged one) and its rows leave its
+population when that pays (`worth_retiring`); a trial alone simply stops. Every program
+reaches a rung before its decision, so the decision needs nothing from outside the unit.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -38,6 +47,7 @@ from flax import nnx
 import models
 from bench.contract import registry
 from bench.contract.facts import PopulationFacts
+from bench.contract.pruning import Entry, Pruning, to_stop
 from bench.contract.schema import Record, TimingProtocol, TrialConfig, model_options
 from bench.contract.units import Unit, split_evenly
 from bench.engine import costs, devices
@@ -66,12 +76,15 @@ _DEVICE_DATA: dict = {}
 
 
 def place_dataset(dataset: Dataset, device: jax.Device) -> tuple:
-    """The data set's four arrays on `device`, transferred once per process."""
+    """The data set's arrays on `device`, transferred once per process: x and y of training
+    and test, then of validation where one is held out (EVALUATED says where each split is)."""
     cached = _DEVICE_DATA.get(str(device))
     # Matched by identity, not id(): a freed data set's id is often reused by the next one.
     if cached is None or cached[0] is not dataset:
         _DEVICE_DATA.clear()  # keep one data set resident, not every one ever seen
         arrays = (dataset.x_train, dataset.y_train, dataset.x_test, dataset.y_test)
+        if dataset.x_val is not None:
+            arrays += (dataset.x_val, dataset.y_val)
         _DEVICE_DATA[str(device)] = (dataset, tuple(jax.device_put(jnp.asarray(a), device)
                                                     for a in arrays))
     return _DEVICE_DATA[str(device)][1]
@@ -89,6 +102,26 @@ def seed_keys(configs: list[TrialConfig]) -> jax.Array:
 
 
 ROUND_KEY = 1_000_003
+
+# The splits evaluated after each epoch: where their (x, y) sit in `place_dataset`'s tuple.
+EVALUATED = {"test": slice(2, 4), "validation": slice(4, 6)}
+
+
+def compile_evaluations(evaluate, params, data: tuple) -> tuple[dict, float]:
+    """split -> the evaluation program compiled for it (test; validation where the data
+    holds one), and the seconds compiling took. Splits of the same shapes share one program
+    (MNIST's 10,000 validation and 10,000 test), as a jit call would."""
+    programs, by_shape, seconds = {}, {}, 0.0
+    for split, where in EVALUATED.items():
+        arrays = data[where]
+        if not arrays:
+            continue
+        shapes = tuple((a.shape, a.dtype) for a in arrays)
+        if shapes not in by_shape:
+            by_shape[shapes], spent = compile_ahead(evaluate, params, *arrays)
+            seconds += spent
+        programs[split] = by_shape[shapes]
+    return programs, seconds
 
 
 def _solo_program(model: nnx.Module, config: TrialConfig, protocol: TimingProtocol):
@@ -120,19 +153,21 @@ def step_flops(config: TrialConfig, protocol: TimingProtocol, x, y) -> float | N
 
 def train_unit(unit: Unit, dataset: Dataset, device_list: list[jax.Device],
                protocol: TimingProtocol = TimingProtocol(), *, peak_flops: float | None = None,
-               on_epoch: OnEpoch | None = None) -> list[Record]:
+               on_epoch: OnEpoch | None = None, pruning: Pruning | None = None) -> list[Record]:
     """The records of `unit`'s trials; failures come back as records, never raised.
 
     `peak_flops` is one device's measured FLOP/s (bench.engine.calibrate), for % of peak;
-    `on_epoch`, if given, is called after each epoch (for progress displays)."""
-    training = _UnitTraining(unit, dataset, device_list, protocol, peak_flops,
-                             on_epoch or (lambda _: None))
+    `on_epoch`, if given, is called after each epoch (for progress displays); `pruning`,
+    if given, prunes the unit's configurations at its rungs (the unit is a halving group)."""
+    training = _Training(unit, dataset, device_list, protocol, peak_flops,
+                         on_epoch or (lambda _: None), pruning)
     try:
         return training.run()
     except Exception as exc:  # noqa: BLE001 - the members are retried or recorded
         if unit.size > 1 and out_of_memory(exc):
-            return _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops,
-                                    on_epoch)
+            retry = _retry_in_parts if pruning else _retry_as_halves
+            return retry(unit, exc, dataset, device_list, protocol, peak_flops, on_epoch,
+                         pruning) or training.failed(exc)
         return training.failed(exc)
 
 
@@ -167,7 +202,7 @@ def failure_text(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}{where}"
 
 
-def _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops, on_epoch):
+def _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops, on_epoch, _pruning):
     halves = split_evenly(list(unit.members), math.ceil(unit.size / 2))
     note = (f"population of {unit.size} ran out of memory ({type(exc).__name__}: {exc}); "
             f"retried as {' and '.join(str(len(h)) for h in halves)}")
@@ -179,6 +214,38 @@ def _retry_as_halves(unit, exc, dataset, device_list, protocol, peak_flops, on_e
             record.population.retry = note
             out.append(record)
     return out
+
+
+def _retry_in_parts(unit, exc, dataset, device_list, protocol, peak_flops, on_epoch, pruning):
+    """A pruned unit out of memory: every population in it split in two (by configuration),
+    still one unit, so its rungs still decide over the whole halving group; None where
+    every part is a trial alone already."""
+    parts = [Unit(part.group, tuple(half), alone=len(half) == 1)
+             for part in unit.programs for half in _halves(list(part.members))]
+    if len(parts) == len(unit.programs):
+        return None
+    sizes = " + ".join(str(p.size) for p in unit.programs)
+    note = (f"programs of {sizes} ran out of memory ({type(exc).__name__}: {exc}); retried as "
+            f"{' + '.join(str(p.size) for p in parts)}, pruned together")
+    smaller = Unit(unit.group, tuple(c for p in parts for c in p.members),
+                   alone=all(p.alone for p in parts), parts=tuple(parts))
+    records = train_unit(smaller, dataset, device_list, protocol, peak_flops=peak_flops,
+                         on_epoch=on_epoch, pruning=pruning)
+    for record in records:
+        record.population.retry = note
+    return records
+
+
+def _halves(members: list[TrialConfig]) -> list[list[TrialConfig]]:
+    """`members` in two halves of whole configurations (a configuration's seeds together),
+    or of seeds where they are one configuration; one list for a single member."""
+    configurations: dict[str, list[TrialConfig]] = {}
+    for config in members:
+        configurations.setdefault(config.config_id, []).append(config)
+    if len(configurations) == 1:
+        return split_evenly(members, math.ceil(len(members) / 2))
+    halves = split_evenly(list(configurations.values()), math.ceil(len(configurations) / 2))
+    return [[c for seeds in half for c in seeds] for half in halves]
 
 
 # ---------------------------------------------------------------- the two program forms
@@ -199,11 +266,11 @@ class _Solo:
         self.key = seed_key(self.config)
 
     def compile(self) -> dict:
-        x, y, x_test, y_test = self.data
+        x, y = self.data[:2]
         self.epoch_program, compile_s = compile_ahead(self.program.train_epoch, self.state,
                                                       x, y, self.key, donate_argnums=0)
-        self.evaluate_program, eval_s = compile_ahead(self.program.evaluate, self.state.params,
-                                                      x_test, y_test)
+        self.evaluations, eval_s = compile_evaluations(self.program.evaluate, self.state.params,
+                                                       self.data)
         self.round_program, round_s = compile_ahead(self.program.train_round, self.state, x, y,
                                                     self.key, donate_argnums=0)
         self.program_memory = costs.program_memory(self.epoch_program)
@@ -215,8 +282,8 @@ class _Solo:
             self.epoch_program, self.state, x, y, jax.random.fold_in(self.key, index))
         return np.atleast_1d(loss), np.atleast_1d(acc), seconds
 
-    def evaluate(self):
-        losses, accs = self.evaluate_program(self.state.params, *self.data[2:])
+    def evaluate(self, split: str = "test"):
+        losses, accs = self.evaluations[split](self.state.params, *self.data[EVALUATED[split]])
         return np.atleast_1d(losses), np.atleast_1d(accs)
 
     def member_round(self, member: int):
@@ -294,13 +361,13 @@ class _Vmapped:
 
     def _compile_population(self) -> dict:
         """The epoch and evaluation programs for the current rows, and their compile seconds."""
-        x, y, x_test, y_test = self.data
+        x, y = self.data[:2]
         active = devices.shard_members(jnp.ones(self.padded, bool), self.mesh)
         self.epoch_program, compile_s = compile_ahead(self.program.train_epoch, self.state,
                                                       self.hyper, active, x, y, self.keys,
                                                       donate_argnums=0)
-        self.evaluate_program, eval_s = compile_ahead(self.program.evaluate, self.state.params,
-                                                      x_test, y_test)
+        self.evaluations, eval_s = compile_evaluations(self.program.evaluate, self.state.params,
+                                                       self.data)
         return {"compile_s": compile_s, "eval_compile_s": eval_s}
 
     def train_epoch(self, rows_active: np.ndarray, index: int):
@@ -312,9 +379,9 @@ class _Vmapped:
             self.epoch_program, self.state, self.hyper, active, *self.data[:2], keys)
         return np.asarray(losses), np.asarray(accs), seconds
 
-    def evaluate(self):
-        return tuple(np.asarray(v) for v in self.evaluate_program(self.state.params,
-                                                                  *self.data[2:]))
+    def evaluate(self, split: str = "test"):
+        return tuple(np.asarray(v) for v in self.evaluations[split](
+            self.state.params, *self.data[EVALUATED[split]]))
 
     def shrink(self, live: list[int]) -> dict:
         """The population of `live` members only: their rows of the state, values and keys
@@ -357,35 +424,116 @@ class _Vmapped:
 # ---------------------------------------------------------------- the one training loop
 
 
-class _UnitTraining:
-    """One unit's compiles, epochs, divergence, retiring and members' timed rounds."""
+class _Training:
+    """The one training loop: a unit's programs (one, or a halving group's several) built,
+    trained epoch by epoch in turn, pruned at the rungs, then each finished on its own."""
 
     def __init__(self, unit: Unit, dataset: Dataset, device_list: list[jax.Device],
-                 protocol: TimingProtocol, peak_flops: float | None, on_epoch: OnEpoch):
+                 protocol: TimingProtocol, peak_flops: float | None, on_epoch: OnEpoch,
+                 pruning: Pruning | None):
+        self.unit, self.dataset, self.device_list = unit, dataset, device_list
+        self.on_epoch, self.pruning = on_epoch, pruning
+        self.programs = [_UnitTraining(part, dataset, device_list, protocol, peak_flops)
+                         for part in unit.programs]
+        for program in self.programs:
+            for record in program.records:
+                record.pruning = pruning.to_json() if pruning else None
+
+    def run(self) -> list[Record]:
+        first = self.unit.members[0]
+        if first.batch_size > len(self.dataset.y_train):
+            raise ValueError(f"batch size {first.batch_size} exceeds the "
+                             f"{len(self.dataset.y_train)} training examples")
+        if self.pruning and self.dataset.y_val is None:
+            raise ValueError("pruning chooses on a validation split, and this data holds none")
+        with jax.default_device(self.device_list[0]), \
+                costs.TrialMemory(self.device_list[0]) as memory:
+            for program in self.programs:
+                program.build_and_compile()
+            self._train(first.epochs)
+        figures = memory.figures()
+        if len(self.programs) > 1:  # the unit's memory: its programs were resident together
+            figures["programs_resident"] = len(self.programs)
+        for program in self.programs:
+            program.close(figures)
+        return [r for program in self.programs for r in program.records]
+
+    def failed(self, exc: BaseException) -> list[Record]:
+        """Every member of every program recorded `failed`, with what it had done so far."""
+        return [r for program in self.programs for r in program.failed(exc)]
+
+    def _train(self, epochs: int) -> None:
+        rungs = set(self.pruning.rungs(epochs)) if self.pruning else set()
+        for index in range(epochs):
+            live = [p for p in self.programs if p.active.any()]
+            if not live:
+                break
+            test_accs = [acc for p in live for acc in p.train_epoch(index)]
+            self._report_epoch(index, test_accs)
+            if index + 1 in rungs:
+                self._prune(index + 1)
+            for program in live:
+                program.maybe_retire(index)
+        for program in self.programs:
+            program.end_training()
+
+    def _prune(self, epoch: int) -> None:
+        """Stops the members of the configurations that lose at this rung (bench.contract.pruning)."""
+        members = [(p, m) for p in self.programs for m in range(len(p.records))]
+        entries = [Entry(p.records[m].config.config_id, bool(p.active[m]),
+                         p.records[m].history[-1].get("validation_accuracy")
+                         if p.active[m] else None) for p, m in members]
+        for index in to_stop(entries, self.pruning.eta):
+            program, member = members[index]
+            program.prune(member, epoch)
+
+    def _report_epoch(self, index: int, test_accs: list) -> None:
+        [program, *others] = self.programs
+        if program.alone and not others:
+            self.on_epoch(program.records[0].history[-1])
+        else:
+            self.on_epoch({"epoch": index + 1, "members": len(test_accs),
+                           "test_accuracy": float(max(test_accs))})
+
+
+class _UnitTraining:
+    """One program's compiles, epochs, divergence, pruning, retiring and members' timed rounds."""
+
+    def __init__(self, unit: Unit, dataset: Dataset, device_list: list[jax.Device],
+                 protocol: TimingProtocol, peak_flops: float | None):
         self.unit, self.members, self.protocol = unit, list(unit.members), protocol
         self.first, self.dataset, self.device_list = unit.members[0], dataset, device_list
-        self.peak_flops, self.on_epoch = peak_flops, on_epoch
+        self.peak_flops = peak_flops
         self.alone = unit.size == 1
+        self.active = np.ones(unit.size, bool)  # per member: trains on (not diverged, not pruned)
+        self.epoch_s, self.samples, self.trained = [], [], []
+        self.spent_s = 0.0  # this program's own time: its wall time beside a unit's others
+        self.validating = dataset.y_val is not None  # a validation split, evaluated each epoch
         self.records = [Record(config=c, train_examples=len(dataset.y_train),
                                test_examples=len(dataset.y_test),
+                               validation_examples=len(dataset.y_val) if self.validating else None,
                                steps_per_epoch=len(dataset.y_train) // c.batch_size)
                         for c in self.members]
         self.shared: dict = {"group": unit.group, "size": unit.size}
         self.start = time.perf_counter()
 
-    def run(self) -> list[Record]:
-        if self.first.batch_size > len(self.dataset.y_train):
-            raise ValueError(f"batch size {self.first.batch_size} exceeds the "
-                             f"{len(self.dataset.y_train)} training examples")
-        with jax.default_device(self.device_list[0]), \
-                costs.TrialMemory(self.device_list[0]) as memory:
-            self._build_and_compile()
-            self._train()
-        self.shared["memory"] = {"program": self.form.program_memory, **memory.figures()}
-        self._time_members()
-        self.shared["wall_s"] = round(time.perf_counter() - self.start, 3)
+    @contextlib.contextmanager
+    def _clock(self):
+        """Adds the block's seconds to this program's own time."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.spent_s += time.perf_counter() - start
+
+    def close(self, memory: dict) -> None:
+        """After training: the memory figures, each ok member's timed rounds, the wall time
+        (this program's own time) and the records' shared figures."""
+        self.shared["memory"] = {"program": self.form.program_memory, **memory}
+        with self._clock():
+            self._time_members()
+        self.shared["wall_s"] = round(self.spent_s, 3)
         self._finish()
-        return self.records
 
     def failed(self, exc: BaseException) -> list[Record]:
         """Every member recorded `failed`, with what it had done so far."""
@@ -399,6 +547,10 @@ class _UnitTraining:
         return self.records
 
     # ------------------------------------------------------------ building
+
+    def build_and_compile(self) -> None:
+        with self._clock():
+            self._build_and_compile()
 
     def _build_and_compile(self) -> None:
         form = _Solo if self.alone else _Vmapped
@@ -416,56 +568,72 @@ class _UnitTraining:
 
     # ------------------------------------------------------------ training
 
-    def _train(self) -> None:
-        active = np.ones(self.unit.size, bool)  # per member: trains on (False once diverged)
-        epoch_s, samples, trained = [], [], []
-        for index in range(self.first.epochs):
-            training = active.copy()
-            losses, accs, seconds = self.form.train_epoch(training[self.form.rows], index)
-            test_losses, test_accs = self.form.evaluate()
-            epoch_s.append(round(seconds, 4))
-            trained.append(int(training.sum()))
-            samples.append(trained[-1] * self.records[0].steps_per_epoch * self.first.batch_size
-                           / seconds)
-            rows = [(row, m) for row, m in enumerate(self.form.rows) if training[m]]
-            for row, member in rows:
-                active[member] = self._after_epoch(
-                    self.records[member], index, float(losses[row]), float(accs[row]),
-                    float(test_losses[row]), float(test_accs[row]), seconds)
-            self._report_epoch(index, trained[-1], [test_accs[row] for row, _ in rows])
-            if not active.any():
-                break
-            self._maybe_retire([m for m in self.form.rows if active[m]], seconds, index)
+    def train_epoch(self, index: int) -> list[float]:
+        """Trains and evaluates epoch `index` of the members still training; their test
+        accuracies (for progress displays)."""
+        with self._clock():
+            return self._train_epoch(index)
+
+    def _train_epoch(self, index: int) -> list[float]:
+        active, training = self.active, self.active.copy()
+        losses, accs, seconds = self.form.train_epoch(training[self.form.rows], index)
+        test_losses, test_accs = self.form.evaluate()
+        val = self.form.evaluate("validation") if self.validating else None
+        val = None if val is None else np.stack(val, axis=-1)  # row -> (loss, accuracy)
+        self.epoch_s.append(round(seconds, 4))
+        self.trained.append(int(training.sum()))
+        self.samples.append(self.trained[-1] * self.records[0].steps_per_epoch
+                            * self.first.batch_size / seconds)
+        rows = [(row, m) for row, m in enumerate(self.form.rows) if training[m]]
+        for row, member in rows:
+            active[member] = self._after_epoch(
+                self.records[member], index, float(losses[row]), float(accs[row]),
+                float(test_losses[row]), float(test_accs[row]), seconds,
+                validation=None if val is None else tuple(map(float, val[row])))
+        return [float(test_accs[row]) for row, _ in rows]
+
+    def prune(self, member: int, epoch: int) -> None:
+        """Stops `member` at this rung: it trains no more, and is recorded `pruned` there."""
+        self.active[member] = False
+        self.records[member].status = "pruned"
+        self.records[member].pruned_at_epoch = epoch
+
+    def end_training(self) -> None:
+        epoch_s, samples = self.epoch_s, self.samples
         self.shared |= {"epoch_s": epoch_s, "first_epoch_s": epoch_s[0],
-                        "steady_epoch_s": steady(epoch_s), "members_per_epoch": trained,
+                        "steady_epoch_s": steady(epoch_s), "members_per_epoch": self.trained,
                         "member_samples_per_s": round(float(np.median(samples[1:] or samples)), 1)}
 
     def _after_epoch(self, record: Record, index: int, loss: float, acc: float,
-                     test_loss: float, test_acc: float, seconds: float) -> bool:
-        """Appends the member's epoch; returns whether it trains on (False once diverged)."""
+                     test_loss: float, test_acc: float, seconds: float, *,
+                     validation: tuple[float, float] | None = None) -> bool:
+        """Appends the member's epoch (with its validation loss and accuracy where the run
+        holds a split out); returns whether it trains on (False once diverged)."""
         clock = "epoch_s" if self.alone else "population_epoch_s"  # shared time says so
-        record.history.append({"epoch": index + 1, "train_loss": loss, "train_accuracy": acc,
-                               "test_loss": test_loss, "test_accuracy": test_acc,
-                               clock: round(seconds, 4)})
+        entry = {"epoch": index + 1, "train_loss": loss, "train_accuracy": acc,
+                 "test_loss": test_loss, "test_accuracy": test_acc}
+        if validation is not None:
+            record.validation_loss, record.validation_accuracy = validation
+            entry |= {"validation_loss": validation[0], "validation_accuracy": validation[1]}
+        record.history.append({**entry, clock: round(seconds, 4)})
         record.test_loss, record.test_accuracy = test_loss, test_acc
         if not (math.isfinite(loss) and math.isfinite(test_loss)):
             record.status = "diverged"
             return False
         return True
 
-    def _report_epoch(self, index: int, members: int, test_accs: list) -> None:
-        if self.alone:
-            self.on_epoch(self.records[0].history[-1])
-        else:
-            self.on_epoch({"epoch": index + 1, "members": members,
-                           "test_accuracy": float(max(test_accs))})
-
-    def _maybe_retire(self, live: list[int], seconds: float, index: int) -> None:
-        """Drops diverged members' rows where the epochs left would cost more than compiling
-        the programs again for fewer rows (a trial alone has simply stopped)."""
-        form = self.form
-        if self.alone or len(live) == len(form.rows):
+    def maybe_retire(self, index: int) -> None:
+        """Drops the rows of members that stopped (diverged or pruned) where the epochs left
+        would cost more than compiling the programs again for fewer rows (a trial alone has
+        simply stopped)."""
+        live = [m for m in self.form.rows if self.active[m]]
+        if not live or self.alone or len(live) == len(self.form.rows):
             return
+        with self._clock():
+            self._retire(live, self.epoch_s[-1], index)
+
+    def _retire(self, live: list[int], seconds: float, index: int) -> None:
+        form = self.form
         after = devices.padded_size(len(live), devices.population_mesh(self.device_list,
                                                                          len(live)))
         latest = (self.shared.get("retired") or [self.shared])[-1]

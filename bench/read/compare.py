@@ -191,7 +191,8 @@ def threshold_verdict(change: float | None, threshold: float, *, lower_is_better
 
 
 def compare_status(base: Record, cand: Record) -> str:
-    """ok -> diverged/failed is a regression, the reverse an improvement."""
+    """ok -> diverged/failed is a regression, the reverse an improvement (see `censored`
+    for a trial pruned on one side)."""
     if base.status == cand.status:
         return "same"
     if base.ok:
@@ -199,17 +200,36 @@ def compare_status(base: Record, cand: Record) -> str:
     return "improvement" if cand.ok else "same"
 
 
+def censored(base: Record, cand: Record) -> str | None:
+    """A note where one side pruned the trial (--prune) and the other did not stop it at the
+    same rung: its status and accuracy are then not comparable (a pruned trial is finished,
+    stopped at a rung by successive halving: neither a failure nor a regression)."""
+    if "pruned" not in (base.status, cand.status):
+        return None
+    if (base.status, base.pruned_at_epoch) == (cand.status, cand.pruned_at_epoch):
+        return None
+    sides = [f"pruned in the {side} at epoch {r.pruned_at_epoch}"
+             for side, r in (("baseline", base), ("candidate", cand)) if r.status == "pruned"]
+    return " and ".join(sides) + ": censored, not compared"
+
+
 def compare_trial(base: Record, cand: Record, label: str, thresholds: Thresholds,
                   scales: tuple[float, float] = (1.0, 1.0)) -> list[MetricVerdict]:
     """Verdicts on status (if it changed), step time, accuracy and compile time of one trial."""
     notes = tuple(f"{side} busy" for side, r in (("baseline", base), ("candidate", cand)) if r.busy)
     row = dict(key=base.key, label=label, notes=notes)
+    pruned = censored(base, cand)
     out = []
     if base.status != cand.status:
         out.append(MetricVerdict(metric="status", baseline=base.status, candidate=cand.status,
-                                 verdict=compare_status(base, cand), **row))
+                                 verdict="n/a" if pruned else compare_status(base, cand),
+                                 **{**row, "notes": notes + ((pruned,) if pruned else ())}))
     out.append(_step_time_verdict(base, cand, thresholds, scales, row))
-    out.append(_accuracy_verdict(base, cand, thresholds, row))
+    accuracy = _accuracy_verdict(base, cand, thresholds, row)
+    if pruned:
+        accuracy = dataclasses.replace(accuracy, change=None, verdict="n/a",
+                                       notes=notes + (pruned,))
+    out.append(accuracy)
     out.append(_compile_verdict(base, cand, thresholds, scales, row))
     return out
 

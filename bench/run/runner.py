@@ -14,6 +14,7 @@ from rich.text import Text
 
 from bench.contract import results
 from bench.contract.facts import RunHeader, data_identity
+from bench.contract.pruning import Pruning
 from bench.contract.schema import (SCHEMA_VERSION, SpecError, TimingProtocol, TrialConfig,
                                    make_config)
 from bench.contract.sweepfile import Sweep
@@ -35,6 +36,7 @@ class RunOptions:
     data: str = "auto"
     dataset: str = "mnist"
     data_dir: str | None = None
+    validation: float | None = None  # --validation: the fraction of training held out
     out: Path | None = None
     resume_only: bool = False  # --resume: `out` must hold a run to continue
     retry_failed: bool = False
@@ -46,6 +48,7 @@ class RunOptions:
     executor: str = "serial"  # bench.run.executors: serial or ray
     ray_address: str | None = None  # --ray-address (else RAY_ADDRESS, else a private Ray)
     tasks_per_node: int | None = None  # Ray workers per node on CPU (default 1: all its cores)
+    pruning: Pruning | None = None  # --prune: each halving group one unit, pruned at its rungs
 
 
 def run_sweep(sweep: Sweep | None, options: RunOptions, argv: list[str]) -> int:
@@ -76,13 +79,13 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
     executor = make_executor(options.executor, ray_address=options.ray_address,
                              tasks_per_node=options.tasks_per_node, platform=options.device)
     with executor:
-        dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
+        dataset = _load_data(options, sweep)
         if previous is not None:
             _check_same_data(previous, dataset.describe(), run_dir)
         template = Job(unit=Unit("", ()), data=DataSpec.of(dataset), device=options.device,
                        devices=options.devices, protocol=options.protocol,
                        recalibrate=options.recalibrate, compilation_cache=options.compilation_cache,
-                       expect_data=dataset.describe())
+                       expect_data=dataset.describe(), pruning=options.pruning)
         placed = executor.place(template, dataset)
         facts, peak = placed.facts, placed.calibration
         header = _header(previous, sweep, run_dir, facts, dataset, peak, options, argv)
@@ -91,11 +94,26 @@ def _run_locked(sweep: Sweep | None, options: RunOptions, argv: list[str], run_d
         _record_how(header, how)
         results.write_header(run_dir, header)
         todo, kept_failed = _unfinished(sweep, done, options.retry_failed)
-        units = plan_units(todo, options.population, lambda c: auto_cap(facts["platform"], c.model))
+        units = plan_units(todo, options.population, lambda c: auto_cap(facts["platform"], c.model),
+                           prune=options.pruning is not None)
         _announce(header, sweep, todo, peak, kept_failed=kept_failed, units=units, executor=executor)
         jobs = [dataclasses.replace(template, unit=unit) for unit in units]
         interrupted = _run_all(executor, jobs, sweep.references, run_dir, header)
     return _finish(run_dir, header, len(sweep.trials), interrupted)
+
+
+def _load_data(options: RunOptions, sweep: Sweep):
+    """The run's data set, its validation split held out (checked to leave every trial's
+    batch to train on)."""
+    dataset = data_sources.load_dataset(options.data, options.dataset, data_dir=options.data_dir)
+    if options.validation is None:
+        return dataset
+    dataset = data_sources.hold_out_validation(dataset, options.validation)
+    left, batch = len(dataset.y_train), max(t.batch_size for t in sweep.trials)
+    if batch > left:
+        raise SpecError(f"validation {options.validation:g} leaves {left:,} training examples, "
+                        f"fewer than a batch of {batch}; hold out less or use smaller batches")
+    return dataset
 
 
 def _unfinished(sweep: Sweep, done: list, retry_failed: bool) -> tuple[list[TrialConfig], int]:
@@ -158,7 +176,8 @@ def _header(previous, sweep, run_dir, device_facts, dataset, peak, options, argv
                                             "openblas_threads": fused_lstm.blas_threads(),
                                             "protocol": dataclasses.asdict(options.protocol),
                                             "options": _recordable(options),
-                                            "driver": work.machine_facts()})
+                                            "driver": work.machine_facts(),
+                                            "pruning": options.pruning and options.pruning.to_json()})
     else:
         header = dataclasses.replace(previous, schema_version=SCHEMA_VERSION)
         header.resumed.append({"command": command, "at": results.now_iso(),
@@ -176,7 +195,7 @@ def _recordable(options: RunOptions) -> dict:
     if data not in data_sources.NAMED_SOURCES:
         data = str(Path(data).expanduser().resolve())
     return {"device": options.device, "data": data, "dataset": options.dataset,
-            "data_dir": options.data_dir}
+            "data_dir": options.data_dir, "validation": options.validation}
 
 
 def _check_same_data(header: RunHeader, data: dict, run_dir: Path) -> None:
@@ -210,12 +229,17 @@ def _announce(header: RunHeader, sweep: Sweep, todo: list, peak: dict, kept_fail
                               + (built_for if status == "on" else ""))
     population = header.population_setting
     console.print(f"populations ({population}): {_units_line(units)}")
+    if header.pruning:
+        epochs = max((t.epochs for t in todo), default=None)
+        console.print(f"pruning: {Pruning.from_json(header.pruning).describe(epochs)} within "
+                      f"{len(units)} halving groups, each one unit: its rungs wait for nothing else")
     for line in executor.announce(header.device):
         console.print(line)
 
 
 def _units_line(units: list[Unit]) -> str:
     """E.g. '64 trials as 1 population of 64 on 1 device' or 'every trial alone'."""
+    units = [part for unit in units for part in unit.programs]  # a halving group's parts
     together = [u.size for u in units if not u.alone]
     alone = sum(u.size for u in units if u.alone)
     if not together:
@@ -347,4 +371,6 @@ class SweepDisplay:
 
 def _unit_label(unit: Unit) -> str:
     label = unit.members[0].label()
+    if unit.parts:
+        return f"halving group of {unit.size}: {label} ..."
     return label if unit.size == 1 else f"population of {unit.size}: {label} ..."

@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from bench.contract.facts import MachineFacts, data_identity
+from bench.contract.pruning import Pruning
 from bench.contract.schema import Record, TimingProtocol
 from bench.contract.units import Unit
 
@@ -33,16 +34,29 @@ class DataSpec:
     data: str = "auto"
     dataset: str = "mnist"
     data_dir: str | None = None
+    validation: float | None = None  # the fraction of training held out (hold_out_validation)
 
     @classmethod
     def of(cls, dataset) -> DataSpec:
         """The spec that loads exactly `dataset` (a bench.engine.data.Dataset) on any node: 'auto'
-        resolved to what it found here, paths absolute."""
+        resolved to what it found here, paths absolute, its validation split drawn alike."""
+        held = getattr(dataset, "validation", None)
+        fraction = held["fraction"] if held else None
         if dataset.source == "embedded":
-            return cls("embedded", dataset.name)
+            return cls("embedded", dataset.name, validation=fraction)
         if dataset.source == "tfds":
-            return cls("tfds", dataset.name, dataset.location)
-        return cls(dataset.location, dataset.name)
+            return cls("tfds", dataset.name, dataset.location, fraction)
+        return cls(dataset.location, dataset.name, validation=fraction)
+
+    def load(self):
+        """The data set this spec names, its validation split held out (a worker: TFDS data
+        is read only if already prepared)."""
+        from bench.engine import data as data_sources
+        dataset = data_sources.load_dataset(self.data, self.dataset, data_dir=self.data_dir,
+                                            prepare=False)
+        if self.validation is None:
+            return dataset
+        return data_sources.hold_out_validation(dataset, self.validation)
 
 
 @dataclass(frozen=True)
@@ -57,6 +71,7 @@ class Job:
     # The driver's description of the data: a worker that finds other data fails the unit.
     expect_data: dict | None = None
     node: str | None = None  # the Ray node id of the process that runs it (None: serial)
+    pruning: Pruning | None = None  # --prune: the unit is a halving group, pruned at its rungs
 
 
 OnEpoch = Callable[[dict], None]
@@ -150,12 +165,10 @@ class _Worker:
         return self._facts[node]
 
     def dataset(self, job: Job):
-        from bench.engine import data as data_sources
         spec = job.data
         if spec not in _DATASETS:
             _DATASETS.clear()  # one data set resident per process
-            _DATASETS[spec] = data_sources.load_dataset(spec.data, spec.dataset,
-                                                        data_dir=spec.data_dir, prepare=False)
+            _DATASETS[spec] = spec.load()
         dataset = _DATASETS[spec]
         if job.expect_data is not None:
             _check_same_data(job.expect_data, dataset.describe())
@@ -167,7 +180,8 @@ class _Worker:
         dataset = self.dataset(job)
         device_list = platform_devices(self.device, job.devices)
         return train_unit(job.unit, dataset, device_list, job.protocol,
-                        peak_flops=self.calibration["peak_flops"], on_epoch=on_epoch)
+                          peak_flops=self.calibration["peak_flops"], on_epoch=on_epoch,
+                          pruning=job.pruning)
 
 
 _WORKERS: dict = {}

@@ -92,8 +92,11 @@ def number_cell(value: float | None, kind: str) -> Cell:
 
 
 def data_line(data: dict) -> str:
-    """E.g. 'mnist (embedded): 10,000 train / 2,000 test examples'."""
-    return (f"{data_name(data)}: {count(data.get('train_examples'))} train / "
+    """E.g. 'mnist (embedded): 10,000 train / 2,000 test examples', and the validation split
+    held out of training where there is one."""
+    held = data.get("validation_examples")
+    validation = f" / {count(held)} validation (held out of training)" if held else ""
+    return (f"{data_name(data)}: {count(data.get('train_examples'))} train{validation} / "
             f"{count(data.get('test_examples'))} test examples")
 
 

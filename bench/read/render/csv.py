@@ -19,7 +19,7 @@ from pathlib import Path
 from bench.read.render.aggregate import FIELD_ORDER, config_order, targets
 from bench.read.render.cells import KINDS
 from bench.read.render.runs import Run
-from bench.contract.schema import SCALAR_FIELDS, UNITS, Record
+from bench.contract.schema import OPTIONAL_FIELDS, SCALAR_FIELDS, UNITS, Record
 
 RESULTS = "results.csv"
 HISTORY = "history.csv"
@@ -45,8 +45,8 @@ TAIL_COLUMNS = ["reference_name", "reference_published_test_accuracy_pct", "refe
 
 HISTORY_ID_COLUMNS = ["run", "run_id", "key", "config_id", "label", "seed", "status", "epoch"]
 # The per-epoch figures in their usual order; any others a history holds follow, by name.
-EPOCH_FIGURES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "epoch_s",
-                 "population_epoch_s")
+EPOCH_FIGURES = ("train_loss", "train_accuracy", "test_loss", "test_accuracy", "validation_loss",
+                 "validation_accuracy", "epoch_s", "population_epoch_s")
 
 # A text cell starting with one of these is a formula to a spreadsheet (an error message
 # such as "=..." or "@..." would run); a leading apostrophe makes it text (OWASP's advice).
@@ -122,7 +122,8 @@ def _figures(record: Record) -> dict:
     for name in SCALAR_FIELDS:
         out |= _figure(name, getattr(record, name))
     if not record.ok:
-        out |= {column("test_accuracy"): None, LAST_FINITE: shown(last_finite_accuracy(record), "pct")}
+        out |= {column("test_accuracy"): None, column("validation_accuracy"): None,
+                LAST_FINITE: shown(last_finite_accuracy(record), "pct")}
     out |= {name: get(record) for name, get in DERIVED.items()}
     # summarize() of the timed rounds: a count and figures in seconds
     out |= {f"round_{k}" + ("" if k == "n" else "_s"): v for k, v in (record.round_stats or {}).items()}
@@ -173,16 +174,19 @@ def flat_row(run: Run, record: Record, keys: list[str]) -> dict:
     return row
 
 
-def _metric_columns() -> list[str]:
-    """key, then the scalar fields (the last finite accuracy beside the accuracy), then DERIVED."""
+def _metric_columns(records: list[Record]) -> list[str]:
+    """key, then the scalar fields (the last finite accuracy beside the accuracy; an optional
+    one only where some record has it), then DERIVED."""
     out = ["key"]
     for name in SCALAR_FIELDS:
+        if name in OPTIONAL_FIELDS and all(getattr(r, name) is None for r in records):
+            continue
         out += [column(name), LAST_FINITE] if name == "test_accuracy" else [column(name)]
     return out + list(DERIVED)
 
 
-def _results_columns(rows: list[dict], keys: list[str]) -> list[str]:
-    metrics = _metric_columns()
+def _results_columns(rows: list[dict], keys: list[str], records: list[Record]) -> list[str]:
+    metrics = _metric_columns(records)
     extra = sorted({c for row in rows for c in row if c.startswith(("round_", "memory_"))}
                    - set(metrics))
     shared = [*(f"population_{column(k)}" for k in POPULATION_COLUMNS), "population_members_per_epoch",
@@ -205,8 +209,9 @@ def _trials(runs: list[Run]) -> Iterator[tuple[Run, Record]]:
 def render_csv(runs: list[Run]) -> str:
     """results.csv: every trial of `runs` as CSV text."""
     keys = targets(runs)
-    rows = [flat_row(run, record, keys) for run, record in _trials(runs)]
-    return _csv_text(_results_columns(rows, keys), rows)
+    trials = list(_trials(runs))
+    rows = [flat_row(run, record, keys) for run, record in trials]
+    return _csv_text(_results_columns(rows, keys, [r for _, r in trials]), rows)
 
 
 # ---------------------------------------------------------------- history.csv

@@ -9,6 +9,7 @@ sections they name (plots.Plot.section).
 from __future__ import annotations
 
 from bench.contract.facts import RunHeader
+from bench.contract.pruning import Pruning
 from bench.read.render import cells
 from bench.read.render.aggregate import (Group, families, group_trials, stat, status_summary,
                                          targets, time_to)
@@ -18,7 +19,8 @@ from bench.read.render.columns import (CONFIG, SEEDS, TRAIN_S, Column, acc_title
 from bench.read.render.document import Block, Facts, Para, Report, Section, Table, table
 from bench.read.render.populations import populations_section, trained_together
 from bench.read.render.runs import Run
-from bench.read.render.verdict import Verdict, ranked, verdict
+from bench.read.render.tuning_cost import training_seconds, unpruned_seconds
+from bench.read.render.verdict import Verdict, pruned_at_rungs, pruned_text, ranked, verdict
 from bench.read.render.verdict_sections import (leaderboard, mattered, pareto, rank_column,
                                                 verdict_section)
 from bench.contract.schema import UNITS, Record
@@ -69,7 +71,9 @@ def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
     seed_values = sorted({r.config.seed for r in run.records}, key=str)
     facts = [("Run", _run_name(h)),
              ("Data", f"{cells.data_line(h.data or {})}. Every accuracy in this report "
-                      f"is measured on the test split of this data set."),
+                      f"is measured on the test split of this data set"
+                      + (", except those named validation, which choose the best"
+                         if (h.data or {}).get("validation_examples") else "") + "."),
              ("Device", cells.device_line(h.device or {})),
              ("Trials", f"{_status_line(run.records)} in {plural(len(groups), 'configuration')}; "
                         f"{'seed' if len(seed_values) == 1 else 'seeds'} "
@@ -79,7 +83,21 @@ def _run_facts(run: Run, groups: list[Group]) -> list[tuple[str, str]]:
         facts.insert(4, ("Machines", f"{machines}. Each trial's figures are its own machine's."))
     if h.tags:
         facts.insert(1, ("Tags", ", ".join(str(t) for t in h.tags)))
+    if h.pruning:
+        facts.append(("Pruning", pruning_note(run)))
     return facts
+
+
+def pruning_note(run: Run) -> str:
+    """What a pruned run did, and how its figures are to be read."""
+    epochs = max((r.config.epochs for r in run.records), default=None)
+    pruned = pruned_at_rungs(run.records)
+    return (f"{Pruning.from_json(run.header.pruning).describe(epochs)}, on validation accuracy "
+            f"within each group of configurations that differ only in learning rate, L1, L2 "
+            f"and dropout rate; {pruned_text(pruned) if pruned else 'none pruned'}. A pruned "
+            "trial is censored: it is never best and never in a mean. The survivors' times "
+            "are those of a pruned run: a population's epochs, throughput and time to accuracy "
+            "fall as pruned members leave it.")
 
 
 def _runs_table(runs: list[Run]) -> Table:
@@ -182,15 +200,21 @@ def pivots(runs: list[Run], groups: list[Group], v: Verdict) -> Section | None:
 def best_rates(groups: list[Group], v: Verdict) -> dict[tuple, list[tuple[Group, int]]]:
     """(run index, configuration without optimizer and rate) -> per optimizer tried at two or
     more learning rates: (its best-ranked group, how many rates were tried), best first. The
-    verdict's ranking: a rate that lost seeds never beats one whose every seed finished."""
+    verdict's ranking: a rate that lost seeds never beats one whose every seed finished. A
+    rate pruned (--prune) was tried too: it counts, after the ranked ones."""
     tried: dict[tuple, dict[str, list[Group]]] = {}
     ours = {id(g) for g in groups}
-    for g in (g for g in ranked(v) if id(g) in ours):  # best first
+    best_first = [g for g in ranked(v) if id(g) in ours]
+    ranked_ids = {id(g) for g in best_first}
+    pruned = [g for g in groups if id(g) not in ranked_ids
+              and any(r.status == "pruned" for r in g.records)]
+    for g in best_first + pruned:
         rest = tuple((k, v) for k, v in g.config.items() if k not in ("optimizer", "learning_rate"))
         tried.setdefault((g.run_index, rest), {}).setdefault(g.config["optimizer"], []).append(g)
     out = {}
     for key, by_optimizer in tried.items():
-        best = [(members[0], len(members)) for members in by_optimizer.values() if len(members) > 1]
+        best = [(members[0], len(members)) for members in by_optimizer.values()
+                if len(members) > 1 and id(members[0]) in ranked_ids]
         if best:
             out[key] = best
     return out
@@ -204,17 +228,45 @@ def tuned_optimizers(runs: list[Run], groups: list[Group], v: Verdict) -> Sectio
     rows = [(g, rates) for best in found.values() for g, rates in best]
     rank = {id(g): i + 1 for best in found.values() for i, (g, _) in enumerate(best)}
     rates = {id(g): n for g, n in rows}
+    # The verdict's ranking chooses: on validation where the family holds a split out.
+    on_validation = {f.family for f in v.families if f.chosen_on == "validation"}
+    chosen = [g for g, _ in rows if g.family in on_validation]
+    validation = [metric("validation acc %", "validation_accuracy")] if chosen else []
     columns = with_run(runs, CONFIG, ("rank", True, lambda g: Cell(str(rank[id(g)]), rank[id(g)])),
                        ("rates tried", True, lambda g: Cell(str(rates[id(g)]), rates[id(g)])),
-                       SEEDS, metric(acc_title(runs), "test_accuracy"),
+                       SEEDS, *validation, metric(acc_title(runs), "test_accuracy"),
                        metric("ms/step", "step_ms"))
+    split = ("validation accuracy" if len(chosen) == len(rows) else "test accuracy" if not chosen
+             else f"validation accuracy for {', '.join(sorted(on_validation))}, test for the rest")
+    held = (" The validation split is held out of training: the rate is chosen on it, and "
+            "test accuracy is reported." if chosen else "")
     caption = ("For each model and optimizer tried at several learning rates: its best-ranked "
-               "rate (the highest mean test accuracy among rates whose every seed finished ok), "
+               f"rate (the highest mean {split} among rates whose every seed finished ok), "
                "ranked within the model (the "
                "DeepOBS protocol: tune each optimizer's rate on a grid, compare them at their "
-               "best over several seeds). " + accuracy_caption(runs))
+               f"best over several seeds).{held} " + accuracy_caption(runs))
     return Section("tuned", "Optimizers at their best learning rate",
-                   (rows_table("", columns, [g for g, _ in rows], caption),))
+                   (rows_table("", columns, [g for g, _ in rows], caption),
+                    *(Para(line) for line in tuning_cost_lines(runs))))
+
+
+def tuning_cost_lines(runs: list[Run]) -> list[str]:
+    """Each run's total training time, and for a pruned run an estimate of it unpruned."""
+    out = []
+    for run in runs:
+        spent = training_seconds(run.records)
+        if spent is None:
+            continue
+        line = (f"{run.label + ': ' if len(runs) > 1 else ''}Tuning cost: "
+                f"{cells.duration(spent)} of training in all (the trials' epoch times summed, "
+                "a population's once; no compilation, evaluation or timed rounds)")
+        unpruned = unpruned_seconds(run.records) if run.header.pruning else None
+        if unpruned is not None:
+            line += (f"; without pruning about {cells.duration(unpruned)} (an estimate: each "
+                     "pruned trial's epochs not run at its program's measured epoch time per "
+                     f"trial), {unpruned / spent:.1f}× as long" if spent else "")
+        out.append(line + ".")
+    return out
 
 
 # ---------------------------------------------------------------- implementations
@@ -316,6 +368,10 @@ def all_configurations(runs: list[Run], groups: list[Group], v: Verdict) -> Sect
                   if together else "")
                + "). % of peak: achieved FLOP/s over the device's calibrated fp32 matmul peak. "
                "busy: other processes used the CPU while the trial was timed.")
+    if any(run.header.pruning for run in runs):
+        caption += (" Pruned run (--prune): status 'pruned' marks trials stopped at a rung, "
+                    "censored (no accuracy or time here); the others' times, throughput and "
+                    "time to accuracy are those of a pruned run (see About this run).")
     return Section("trials", "All configurations", (rows_table("", columns, groups, caption),))
 
 
@@ -365,7 +421,7 @@ def _error_text(record: Record) -> str:
 def _error_rows(run: Run) -> list[list[Cell]]:
     return [[text_cell(run.label), text_cell(g.label), text_cell(r.config.seed),
              text_cell(r.status), text_cell(_error_text(r))]
-            for g in group_trials([run]) for r in g.records if not r.ok]
+            for g in group_trials([run]) for r in g.records if r.status not in ("ok", "pruned")]
 
 
 def errors(runs: list[Run]) -> Section | None:

@@ -38,10 +38,14 @@ class Standing:
     tied: bool                       # statistically indistinguishable from the family's best
     complete: bool                   # every seed ok: only complete configurations may win
     train_ci95: tuple[float, float] | None = None  # 95% interval of train_s (Pareto error bars)
+    validation_mean: float | None = None  # validation accuracy over the ok seeds, where held out
 
     @property
     def ok_text(self) -> str:
-        """'2/3 ok'."""
+        """'2/3 ok', or 'pruned at epoch 1' for a configuration stopped by --prune."""
+        pruned = {r.pruned_at_epoch for r in self.group.records if r.status == "pruned"}
+        if len(pruned) == 1 and all(r.status == "pruned" for r in self.group.records):
+            return f"pruned at epoch {pruned.pop()}"
         return f"{self.ok}/{self.seeds} ok"
 
 
@@ -94,6 +98,8 @@ class FamilyVerdict:
     effects: tuple[MainEffect, ...]
     importance: Importance | None
     pareto: tuple[Standing, ...]     # accuracy against training time, noise-aware
+    chosen_on: str = "test"          # the split ranking and ties use: CHOSEN_ON's keys
+    pruned: tuple[tuple[int, int], ...] = ()  # (rung epoch, seeds pruned there), by epoch
 
 
 @dataclass(frozen=True)
@@ -119,6 +125,10 @@ LR_EDGE_MIN = 3           # `lr_at_edge` needs at least this many swept learning
 DEFAULT_CLASSES = 10      # chance accuracy 1/10 where run.json does not name the classes
 SURROGATE_METHOD = "random-forest surrogate, held-out permutation importance (drop in R²)"
 GRID_METHOD = "main-effect variance share (full grid)"
+# The split a family's ranking and tie test use -> the record field read. Validation where
+# every ok trial of the family has it (a run with --validation): choosing on the test split
+# would bias the reported test accuracy upward. The figure shown is test accuracy either way.
+CHOSEN_ON = {"test": "test_accuracy", "validation": "validation_accuracy"}
 
 
 def verdict(runs: list[Run], groups: list[Group]) -> Verdict:
@@ -146,8 +156,16 @@ def _labeller(runs: list[Run]) -> Callable[[Group], str]:
     return lambda g: f"{g.label} [{g.run}]"
 
 
+def chosen_on(groups: list[Group]) -> str:
+    """'validation' where every ok trial of `groups` has a validation accuracy, else 'test'."""
+    ok = [r for g in groups for r in g.ok]
+    held_out = ok and all(r.validation_accuracy is not None for r in ok)
+    return "validation" if held_out else "test"
+
+
 def _family(name: str, groups: list[Group], runs: list[Run], labels) -> FamilyVerdict:
-    standings = rank_standings([_standing(g, labels(g)) for g in groups])
+    on = chosen_on(groups)
+    standings = rank_standings([_standing(g, labels(g)) for g in groups], on)
     best = standings[0] if standings and standings[0].rank == 1 and standings[0].complete else None
     tied = tuple(s for s in standings if s.tied)
     records = [r for g in groups for r in g.records]
@@ -157,15 +175,25 @@ def _family(name: str, groups: list[Group], runs: list[Run], labels) -> FamilyVe
         family=name, best=best, tied=tied, standings=standings, trials=len(records),
         diverged=sum(r.status == "diverged" for r in records),
         failed=sum(r.status == "failed" for r in records), swept=swept,
+        pruned=pruned_at_rungs(records),
         effects=tuple(main_effect(points, axis) for axis in swept),
-        importance=importance(points, swept), pareto=pareto(standings))
+        importance=importance(points, swept), pareto=pareto(standings), chosen_on=on)
+
+
+def pruned_at_rungs(records) -> tuple[tuple[int, int], ...]:
+    """(rung epoch, trials pruned there) of `records`, by epoch (--prune: censored trials,
+    never best, never in a mean: they stopped before the epochs the others reached)."""
+    rungs = Counter(r.pruned_at_epoch for r in records if r.status == "pruned")
+    return tuple(sorted(rungs.items(), key=lambda item: item[0] or 0))
 
 
 # ---------------------------------------------------------------- standings and ties
 
 
-def _accuracies(group: Group) -> list[float]:
-    return [r.test_accuracy for r in group.ok if r.test_accuracy is not None]
+def _accuracies(group: Group, on: str = "test") -> list[float]:
+    """The ok seeds' accuracies on the split `on` (CHOSEN_ON)."""
+    values = (getattr(r, CHOSEN_ON[on]) for r in group.ok)
+    return [v for v in values if v is not None]
 
 
 def _train_times(group: Group) -> list[float]:
@@ -196,28 +224,37 @@ def _standing(group: Group, label: str) -> Standing:
         seeds=len(group.records), ok=len(group.ok), mean=mean, ci95=ci95(accuracies),
         train_s=_mean(times), rank=0, tied=False,
         complete=len(group.ok) == len(group.records) and mean is not None,
-        train_ci95=ci95(times))
+        train_ci95=ci95(times), validation_mean=_mean(_accuracies(group, "validation")))
 
 
-def rank_standings(standings: list[Standing]) -> tuple[Standing, ...]:
+def _chosen_mean(s: Standing, on: str) -> float | None:
+    """The mean a ranking on split `on` compares."""
+    return s.validation_mean if on == "validation" else s.mean
+
+
+def rank_standings(standings: list[Standing], on: str = "test") -> tuple[Standing, ...]:
     """Best first: the complete configurations by mean, those tied with the best (the run of
     them, from the top, that TIE_TEST cannot tell from it) sharing its rank 1; then the
     incomplete ones (by fraction of seeds ok, then mean). Only a complete
     configuration (every seed ok) may be best or tied: one that lost seeds to divergence or
-    failure is less reliable than its surviving seeds suggest."""
+    failure is less reliable than its surviving seeds suggest. Means and ties are those of
+    the split `on` (CHOSEN_ON)."""
+    def mean(s: Standing) -> float:
+        chosen = _chosen_mean(s, on)
+        return chosen if chosen is not None else -1.0
+
     def by_mean(s: Standing) -> tuple:
         time = s.train_s if s.train_s is not None else math.inf
-        return (-s.mean, time, s.group.sort_key())
+        return (-mean(s), time, s.group.sort_key())
 
     complete = sorted((s for s in standings if s.complete), key=by_mean)
     partial = sorted((s for s in standings if not s.complete),
-                     key=lambda s: (-s.ok / s.seeds, -(s.mean if s.mean is not None else -1.0),
-                                    s.group.sort_key()))
+                     key=lambda s: (-s.ok / s.seeds, -mean(s), s.group.sort_key()))
     if not complete:
         return tuple(dataclasses.replace(s, rank=i) for i, s in enumerate(partial, 1))
     best, others = complete[0], complete[1:]
     ties = 0  # the tie stops at the first configuration, in order of mean, that is not tied:
-    while ties < len(others) and is_tied(best, others[ties]):  # one lower but noisier than
+    while ties < len(others) and is_tied(best, others[ties], on):  # one lower but noisier than
         ties += 1  # a significantly worse one is not called a tie with the best
     tied = [dataclasses.replace(s, rank=1, tied=True) for s in others[:ties]]
     rest = others[ties:] + partial
@@ -231,10 +268,10 @@ def ranked(v: Verdict) -> list[Group]:
     return [s.group for f in v.families for s in f.standings if s.mean is not None]
 
 
-def is_tied(best: Standing, other: Standing) -> bool:
-    """Whether `other`'s seed accuracies are not significantly different from `best`'s
-    (TIE_TEST). Below two seeds on either side no test is possible: not tied."""
-    a, b = _accuracies(best.group), _accuracies(other.group)
+def is_tied(best: Standing, other: Standing, on: str = "test") -> bool:
+    """Whether `other`'s seed accuracies (on the split `on`) are not significantly different
+    from `best`'s (TIE_TEST). Below two seeds on either side no test is possible: not tied."""
+    a, b = _accuracies(best.group, on), _accuracies(other.group, on)
     if len(a) < 2 or len(b) < 2:
         return False
     if statistics.pvariance(a) == 0 and statistics.pvariance(b) == 0:
@@ -573,9 +610,10 @@ def summary_json(v: Verdict) -> dict:
 
 def _family_json(f: FamilyVerdict) -> dict:
     return {
-        "best": _standing_json(f.best) if f.best else None,
+        "best": _standing_json(f.best) if f.best else None, "chosen_on": f.chosen_on,
         "tied": [s.config_id for s in f.tied],
         "trials": f.trials, "diverged": f.diverged, "failed": f.failed, "swept": list(f.swept),
+        **({"pruned": {str(epoch): n for epoch, n in f.pruned}} if f.pruned else {}),
         "importance": None if f.importance is None else {
             "method": f.importance.method,
             "axes": [{"axis": axis, "score": score} for axis, score in f.importance.axes],
@@ -591,6 +629,7 @@ def _standing_json(s: Standing) -> dict:
     return {"config_id": s.config_id, "label": s.label, "rank": s.rank, "mean": s.mean,
             "ci95": s.ci95, "seeds": s.seeds, "ok": s.ok, "complete": s.complete,
             "tied": s.tied, "train_s": s.train_s, "train_ci95": s.train_ci95,
+            **({"validation_mean": s.validation_mean} if s.validation_mean is not None else {}),
             "config": {k: v for k, v in s.group.config.items() if v is not None}}
 
 
@@ -634,6 +673,8 @@ def merged_warnings(found) -> list[tuple[str, str]]:
 
 def _family_lines(f: FamilyVerdict, tie_test: str, percent: bool) -> list[str]:
     counts = f"  {_plural(f.trials, 'trial')}: {f.diverged} diverged, {f.failed} failed"
+    if f.pruned:
+        counts += f", {pruned_text(f.pruned)}"
     if f.best is None:
         return [f"{f.family}: no best: no configuration finished every seed ok", counts]
     best = f.best
@@ -642,11 +683,20 @@ def _family_lines(f: FamilyVerdict, tie_test: str, percent: bool) -> list[str]:
     lines = [f"{f.family}: best {best.label} — {_acc(best.mean, percent)} "
              f"({interval}{best.ok_text.replace(' ok', ' seeds ok')}{time})",
              "  " + _tie_text(f, tie_test)]
+    if f.chosen_on == "validation":
+        lines.insert(1, f"  chosen on validation ({_acc(best.validation_mean, percent)}); "
+                        "the figure above is test accuracy")
     if f.importance is not None and f.importance.axes:
         top = ", ".join(f"{f.importance.name(axis)} {score:.2f}"
                         for axis, score in f.importance.axes[:4])
         lines.append(f"  mattered — {f.importance.method}: {top}")
     return lines + [counts]
+
+
+def pruned_text(pruned: tuple[tuple[int, int], ...]) -> str:
+    """'18 pruned (at epoch 1: 15, at epoch 3: 3)'."""
+    rungs = ", ".join(f"at epoch {epoch}: {n}" for epoch, n in pruned)
+    return f"{sum(n for _, n in pruned)} pruned ({rungs})"
 
 
 def _tie_text(f: FamilyVerdict, tie_test: str) -> str:

@@ -56,9 +56,18 @@ def verdict_table(v: Verdict, runs: list[Run]) -> Table:
     caption = (f"Best: the most accurate configuration whose every seed finished ok (mean test "
                f"accuracy over seeds, with a 95% confidence interval of that mean). Tied: "
                f"statistically indistinguishable from the best ({v.tie_test}). "
-               + accuracy_caption(runs))
+               + _chosen_caption(v) + accuracy_caption(runs))
     return table("", columns, [_verdict_row(fv) for fv in v.families], caption,
                  wrap=("tied with the best",))
+
+
+def _chosen_caption(v: Verdict) -> str:
+    """Which families were chosen on a validation split ('' if none)."""
+    chosen = [fv.family for fv in v.families if fv.chosen_on == "validation"]
+    if not chosen:
+        return ""
+    return (f"Chosen on validation ({', '.join(chosen)}): best and ties by mean validation "
+            "accuracy over seeds, held out of the training split; the accuracy shown is test. ")
 
 
 def _sweep_line(v: Verdict, runs: list[Run]) -> str:
@@ -203,6 +212,11 @@ def family_leaderboard(fv: FamilyVerdict, runs: list[Run], tie_test: str) -> Tab
     caption = (f"Top {len(top)} of {plural(len(fv.standings), 'configuration')}. A configuration "
                f"ranks on every seed: status counts the seeds that finished ok, and only one "
                f"whose every seed did can be best. =1: tied with the best ({tie_test}).")
+    if fv.chosen_on == "validation":  # the ranking's own figure beside the test accuracy
+        columns.insert(5, ("validation acc %", True))
+        for s, row in zip(top, rows):
+            row.insert(5, stat_cell(s.group.metric("validation_accuracy"), "pct", seeds(s.group)))
+        caption += " Ranked, and ties tested, on validation accuracy; test accuracy is reported."
     return table(fv.family, columns, rows, caption)
 
 
