@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +20,10 @@ import pytest
 # Linux it otherwise binds and dials the machine's outward address) and reports nothing.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# Matplotlib builds its font cache on first import, under XDG_CACHE_HOME, which the isolated
+# tests point into their own folder: one folder for the session keeps that out of the
+# folders whose contents the tests check, whichever test imports matplotlib first.
+os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="bench-tests-matplotlib-"))
 
 # What bench.engine.calibrate.measure_peak returns, for tests that need a calibration but not its cost.
 FAKE_PEAK = {"peak_flops": 1.0e11, "matrix_size": 2048, "seconds": 0.17,
