@@ -8,6 +8,7 @@
                 noise-aware Pareto front, warnings
   verdict_sections.py  the report's opening sections (verdict, what mattered, leaderboard, Pareto)
   columns.py    the columns of the configuration tables
+  tuning_cost.py  the tuning report's training time spent (and, pruned, an estimate without)
   cells.py      number and cell formatting shared by every table
   document.py   the format-neutral report: sections, facts, tables of cells
   sections.py   what the report says: summary, leaderboard, pivots, full table, ...
