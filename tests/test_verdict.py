@@ -314,3 +314,24 @@ def test_summary_json_has_no_nan_where_figures_are_missing():
     v = judge([trial(None, status="failed"), trial(0.97, lr=1e-2)])
     text = json.dumps(summary_json(v), allow_nan=False)
     assert json.loads(text)["families"]["dense"]["standings"][1]["mean"] is None
+
+
+def test_a_pruned_run_judges_what_mattered_at_the_last_epoch_every_configuration_reached():
+    """Survivors alone are the configurations pruning kept, all good: over them the learning
+    rate would seem not to matter. At the rung, every configuration has a figure."""
+    records = []
+    for optimizer in ("adam", "sgd"):
+        for lr, first_epoch in ((1e-3, 0.90), (1e-2, 0.60), (1e-1, 0.30)):
+            record = trial(0.95 if lr == 1e-3 else first_epoch, lr=lr, optimizer=optimizer)
+            record.history = [{"epoch": 1, "test_accuracy": first_epoch}]
+            if lr != 1e-3:  # pruned at the rung after epoch 1
+                record.status, record.pruned_at_epoch = "pruned", 1
+            else:
+                record.history.append({"epoch": 2, "test_accuracy": 0.95})
+            records.append(record)
+    dense = family(records)
+    assert "at epoch 1" in dense.importance.method
+    assert dense.importance.axes[0][0] == "learning_rate" and dense.importance.axes[0][1] > 0.9
+    [lr_effect] = [e for e in dense.effects if e.axis == "learning_rate"]
+    assert [round(level.mean, 2) for level in lr_effect.levels] == [0.90, 0.60, 0.30]
+    assert dense.best.group.config["learning_rate"] == 1e-3 and dense.pruned == ((1, 4),)

@@ -170,14 +170,21 @@ def _family(name: str, groups: list[Group], runs: list[Run], labels) -> FamilyVe
     tied = tuple(s for s in standings if s.tied)
     records = [r for g in groups for r in g.records]
     swept = swept_axes(groups)
-    points = _effect_points(groups, runs)
+    at_epoch = min((r.pruned_at_epoch for r in records if r.status == "pruned"
+                    and r.pruned_at_epoch), default=None)
+    points = _effect_points(groups, runs, at_epoch)
+    found = importance(points, swept)
+    if found is not None and at_epoch is not None:
+        found = dataclasses.replace(found, method=f"{found.method}, on the test accuracy at "
+                                    f"epoch {at_epoch} (the last every configuration reached: "
+                                    f"the run pruned)")
     return FamilyVerdict(
         family=name, best=best, tied=tied, standings=standings, trials=len(records),
         diverged=sum(r.status == "diverged" for r in records),
         failed=sum(r.status == "failed" for r in records), swept=swept,
         pruned=pruned_at_rungs(records),
         effects=tuple(main_effect(points, axis) for axis in swept),
-        importance=importance(points, swept), pareto=pareto(standings), chosen_on=on)
+        importance=found, pareto=pareto(standings), chosen_on=on)
 
 
 def pruned_at_rungs(records) -> tuple[tuple[int, int], ...]:
@@ -292,19 +299,28 @@ def swept_axes(groups: list[Group]) -> tuple[str, ...]:
                  and len({g.config.get(name) for g in groups}) > 1)
 
 
-def _effect_points(groups: list[Group], runs: list[Run]) -> list[tuple[dict, float]]:
+def _effect_points(groups: list[Group], runs: list[Run],
+                   at_epoch: int | None = None) -> list[tuple[dict, float]]:
     """(config, value) of every configuration with a value: its mean accuracy over seeds,
     a diverged seed counting at chance accuracy (1/classes) and a failed seed left out.
 
     Divergence is an outcome of the configuration (a too-large learning rate diverges), so
     leaving it out would flatter exactly the values that fail; a crash says nothing about
-    the configuration's accuracy, so it is left out."""
+    the configuration's accuracy, so it is left out.
+
+    `at_epoch` (a pruned run): each seed's test accuracy after that epoch, the last that
+    every configuration reached; the survivors' final figures alone would be a sample the
+    pruning chose, not the grid."""
     points = []
     for g in groups:
         chance = 1 / ((runs[g.run_index].header.data or {}).get("num_classes") or DEFAULT_CLASSES)
         values = []
         for r in g.records:
-            if r.ok and r.test_accuracy is not None:
+            if at_epoch is not None and r.status in ("ok", "pruned") \
+                    and len(r.history) >= at_epoch:
+                value = r.history[at_epoch - 1].get("test_accuracy")
+                values.append(value if value is not None and math.isfinite(value) else chance)
+            elif r.ok and r.test_accuracy is not None and at_epoch is None:
                 values.append(r.test_accuracy)
             elif r.status == "diverged":
                 values.append(chance)
