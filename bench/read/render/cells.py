@@ -65,6 +65,11 @@ def stat_cell(s: Stat, kind: str, seeds: int, missing: str = MISSING) -> Cell:
     return Cell(text, mean)
 
 
+def plural(n: int, noun: str) -> str:
+    """'1 trial', '3 trials'."""
+    return f"{n} {noun}{'' if n == 1 else 's'}"
+
+
 def percent_interval(ci: tuple[float, float] | None) -> str:
     """A 95% interval of an accuracy (fractions) as '97.70–98.24' percent ('' when absent)."""
     return "" if ci is None else f"{number(ci[0], 'pct')}–{number(ci[1], 'pct')}"

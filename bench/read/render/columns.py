@@ -10,16 +10,12 @@ from collections.abc import Callable
 
 from bench.read.render import cells
 from bench.read.render.aggregate import Group
-from bench.read.render.cells import Cell, stat_cell, text_cell
+from bench.read.render.cells import Cell, plural, stat_cell, text_cell  # noqa: F401 (plural re-exported)
 from bench.read.render.document import Table, table
 from bench.read.render.runs import Run, data_identity
 from bench.contract.schema import UNITS
 
 Column = tuple[str, bool, Callable[[Group], Cell]]
-
-
-def plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def same_data(runs: list[Run]) -> bool:

@@ -17,7 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 from rich.text import Text
 
-from bench.read.render.cells import number
+from bench.read.render.cells import number, percent_interval
 from bench.read.render.verdict import Standing, Verdict, verdict_lines
 
 MAX_LINES = 30  # the whole summary, as printed (table rules and wrapped lines included)
@@ -58,7 +58,7 @@ def _acc(s: Standing) -> str:
 
 
 def _ci(s: Standing) -> str:
-    return MISSING if s.ci95 is None else f"{100 * s.ci95[0]:.2f}–{100 * s.ci95[1]:.2f}"
+    return percent_interval(s.ci95) or MISSING
 
 
 def _rank(s: Standing) -> str:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from bench.contract.facts import RunHeader
 from bench.read.render.aggregate import FIELD_ORDER, Group, value_order, families
-from bench.read.render.cells import data_short, duration
+from bench.read.render.cells import data_short, duration, percent_interval, plural
 from bench.read.render.runs import Run
 
 
@@ -586,7 +586,7 @@ def _unstable(f: FamilyVerdict) -> list[Warning]:
     if partial:
         examples = ", ".join(f"{s.label} ({s.ok_text})" for s in partial[:2])
         more = f" and {len(partial) - 2} more" if len(partial) > 2 else ""
-        out.append(Warning("unstable", f"{f.family}: {_plural(len(partial), 'configuration')} "
+        out.append(Warning("unstable", f"{f.family}: {plural(len(partial), 'configuration')} "
                            f"diverged or failed on some seeds only: {examples}{more}", f.family))
     best = f.best
     if best is not None and best.ci95 and best.ci95[1] - best.ci95[0] > WIDE_CI:
@@ -601,12 +601,8 @@ def _busy(f: FamilyVerdict) -> Warning | None:
     busy = sum(r.busy for s in f.standings for r in s.group.records)
     if not busy:
         return None
-    return Warning("busy", f"{f.family}: {busy} of {_plural(f.trials, 'trial')} were timed while "
+    return Warning("busy", f"{f.family}: {busy} of {plural(f.trials, 'trial')} were timed while "
                    "other processes loaded the host: their times are less reliable", f.family)
-
-
-def _plural(n: int, noun: str) -> str:
-    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 # ---------------------------------------------------------------- summary.json
@@ -665,7 +661,7 @@ def _json_safe(value):
 
 def verdict_lines(v: Verdict, percent: bool = True) -> list[str]:
     """The verdict as short plain-text lines, shared by the terminal and Markdown."""
-    lines = [f"{_plural(v.trials, 'trial')} in {_duration(v.wall_s)} ({v.wall_note}); "
+    lines = [f"{plural(v.trials, 'trial')} in {_duration(v.wall_s)} ({v.wall_note}); "
              f"accuracy on the {v.accuracy_on}"]
     for f in v.families:
         lines += _family_lines(f, v.tie_test, percent)
@@ -688,7 +684,7 @@ def merged_warnings(found) -> list[tuple[str, str]]:
 
 
 def _family_lines(f: FamilyVerdict, tie_test: str, percent: bool) -> list[str]:
-    counts = f"  {_plural(f.trials, 'trial')}: {f.diverged} diverged, {f.failed} failed"
+    counts = f"  {plural(f.trials, 'trial')}: {f.diverged} diverged, {f.failed} failed"
     if f.pruned:
         counts += f", {pruned_text(f.pruned)}"
     if f.best is None:
@@ -733,7 +729,7 @@ def _acc(x: float | None, percent: bool) -> str:
 
 def _interval(ci: tuple[float, float], percent: bool) -> str:
     if percent:
-        return f"{100 * ci[0]:.2f}–{100 * ci[1]:.2f}"
+        return percent_interval(ci)
     return f"{ci[0]:.4f}–{ci[1]:.4f}"
 
 
