@@ -104,7 +104,8 @@ def _value_axis(ax, effect: MainEffect, values: list, numeric: bool) -> None:
     elif len(values) <= TICKED_LEVELS:
         ax.set_xticks(values, [value_text(v) for v in values])
         ax.xaxis.set_minor_formatter("")
-    if len(values) > 4 and (not numeric or len(values) <= TICKED_LEVELS):
+    names = 0 if numeric else sum(len(value_text(v)) for v in values)
+    if (len(values) > 4 or names > 16) and (not numeric or len(values) <= TICKED_LEVELS):
         ax.tick_params(axis="x", labelrotation=45)  # a label per value: tilted to fit
     ax.set_xlabel(effect.axis, fontsize=7)
 
