@@ -359,3 +359,18 @@ def test_run_end_interrupted_says_how_to_resume(tmp_path, capsys):
     out = capsys.readouterr().out
     assert re.search(r"dense-8 relu sgd lr=0\.1\s+1/1 ok", out)
     assert "interrupted: 1 of 4 trials finished" in out and f"--resume {run}" in out
+
+
+def test_a_narrow_terminal_never_breaks_the_resume_command_or_a_path(tmp_path, monkeypatch):
+    """Copied from the terminal, the command must work: rich would break it at the width."""
+    import io
+    from rich.console import Console
+    run = report_data.write_run(tmp_path / ("a-long-run-directory-name-" * 3),
+                                report_data.header(), [report_data.record(
+                                    report_data.config("dense", 8, "relu", "sgd", 0))])
+    screen = io.StringIO()
+    monkeypatch.setattr(terminal, "console", Console(file=screen, width=40))
+    assert _finish(run, results.load_header(run), 4, interrupted=True) == 130
+    lines = screen.getvalue().splitlines()
+    assert f"python -m bench run --resume {run}" in lines
+    assert f"results: {run / results.RESULTS}" in lines

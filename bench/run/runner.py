@@ -259,14 +259,20 @@ def _finish(run_dir: Path, header: RunHeader, planned: int, interrupted: bool) -
     rendered = render_reports([run_dir])
     names = ", ".join(str(p.relative_to(run_dir)) if p.is_relative_to(run_dir) else str(p)
                       for p in rendered.paths)
-    footer: list[str | Text] = [f"results: {run_dir / results.RESULTS}",
-                                f"reports in {run_dir}: {names}"]
+    # Lines that carry a path or a command are never broken, however narrow the terminal, so
+    # that they can be copied whole.
+    footer: list[str | Text] = [_unbroken(f"results: {run_dir / results.RESULTS}"),
+                                _unbroken(f"reports in {run_dir}: {names}")]
     if interrupted:
-        footer.append(Text(f"interrupted: {rendered.verdict.trials} of {planned} trials finished "
-                           f"and saved; continue with: python -m bench run --resume {run_dir}",
-                           style="yellow"))
+        footer += [Text(f"interrupted: {rendered.verdict.trials} of {planned} trials finished "
+                        "and saved; continue with:", style="yellow"),
+                   _unbroken(f"python -m bench run --resume {run_dir}", style="yellow")]
     terminal.print_summary(rendered.verdict, footer, terminal.console)
     return 130 if interrupted else 0
+
+
+def _unbroken(line: str, style: str = "") -> Text:
+    return Text(line, style=style, no_wrap=True, overflow="ignore")
 
 
 def _run_all(executor: Executor, jobs: list[Job], references: dict, run_dir: Path, header: RunHeader) -> bool:

@@ -190,4 +190,5 @@ def _lines(console: Console, parts: list[RenderableType]) -> int:
 def print_summary(v: Verdict, footer: list[str | Text], console: Console | None = None) -> None:
     console = console or make_console()
     for part in summary(v, footer, console):
-        console.print(part)
+        # A Text marked no_wrap (a path, a command) goes out whole, past the width if need be.
+        console.print(part, soft_wrap=isinstance(part, Text) and bool(part.no_wrap))
