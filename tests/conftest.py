@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import sys
 import tempfile
@@ -21,10 +22,39 @@ import pytest
 # Linux it otherwise binds and dials the machine's outward address) and reports nothing.
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-# Matplotlib builds its font cache on first import, under XDG_CACHE_HOME, which the isolated
-# tests point into their own folder: one folder for the session keeps that out of the
-# folders whose contents the tests check, whichever test imports matplotlib first.
-os.environ.setdefault("MPLCONFIGDIR", tempfile.mkdtemp(prefix="bench-tests-matplotlib-"))
+# The terminal summary's width is the terminal's, else $COLUMNS, else 160 columns for a log;
+# pytest-xdist's workers run with COLUMNS=80, so the tests that read that summary would see it
+# wrapped. Tests of narrow terminals set COLUMNS themselves.
+os.environ.pop("COLUMNS", None)
+
+# Folders for the whole session, made once by the process that starts pytest and inherited
+# by its pytest-xdist workers (tox runs `pytest -n logical`), which start after this module
+# is imported; removed when that process ends (pytest_unconfigure).
+#  - Matplotlib builds its font cache on first import, under XDG_CACHE_HOME, which the
+#    isolated tests point into their own folder: a folder of the session's keeps that out of
+#    the folders whose contents the tests check, whichever test imports matplotlib first.
+#  - One persistent compilation cache for the in-process compiles of every worker: many
+#    tests train the same tiny configurations, and compiling them again is most of their
+#    time (test_pruning and test_validation: 54 s -> 41 s).
+_SESSION_FOLDERS = {"MPLCONFIGDIR": "bench-tests-matplotlib-",
+                    "BENCH_TESTS_COMPILE_CACHE": "bench-tests-xla-cache-"}
+_made_here = [name for name in _SESSION_FOLDERS if name not in os.environ]
+for _name in _made_here:
+    os.environ[_name] = tempfile.mkdtemp(prefix=_SESSION_FOLDERS[_name])
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """tox runs the Ray tests in a pytest of their own (`-m ray`); when its arguments select
+    none of them (`tox -e py -- tests/test_schema.py`), that run has nothing to do, not failed."""
+    if exitstatus == pytest.ExitCode.NO_TESTS_COLLECTED and session.config.option.markexpr == "ray":
+        session.exitstatus = pytest.ExitCode.OK
+
+
+def pytest_unconfigure(config):
+    if not hasattr(config, "workerinput"):  # the process that made them, not a worker
+        for name in _made_here:
+            shutil.rmtree(os.environ[name], ignore_errors=True)
+
 
 # What bench.engine.calibrate.measure_peak returns, for tests that need a calibration but not its cost.
 FAKE_PEAK = {"peak_flops": 1.0e11, "matrix_size": 2048, "seconds": 0.17,
@@ -59,12 +89,10 @@ def isolated(tmp_path):
         yield mp
 
 
-# One persistent compilation cache for the session's in-process compiles: many tests train
-# the same tiny configurations, and compiling them again is most of their time (test_pruning
-# and test_validation: 54 s -> 41 s). Configured once JAX is imported, so the tests of the
-# reading side still run without it. A test that sets its own cache (--compilation-cache)
-# takes over from there. Subprocesses (bench run, Ray workers) compile as users' runs do.
-_COMPILE_CACHE = tempfile.mkdtemp(prefix="bench-tests-xla-cache-")
+# The session's compilation cache (above) is configured once JAX is imported, so the tests
+# of the reading side still run without it. A test that sets its own cache
+# (--compilation-cache) takes over from there. Subprocesses (bench run, Ray workers)
+# compile as users' runs do.
 _compile_cache_on = False
 
 
@@ -72,7 +100,7 @@ def pytest_runtest_setup(item):
     global _compile_cache_on
     if not _compile_cache_on and "jax" in sys.modules:
         import jax
-        jax.config.update("jax_compilation_cache_dir", _COMPILE_CACHE)
+        jax.config.update("jax_compilation_cache_dir", os.environ["BENCH_TESTS_COMPILE_CACHE"])
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
         jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
         _compile_cache_on = True
