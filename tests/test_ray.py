@@ -315,8 +315,9 @@ def test_a_pruned_sweep_decides_each_halving_group_on_one_worker_as_serially(clu
     """--prune halving: each halving group (here one per optimizer) is one unit, so one
     worker decides its rungs; the decisions and figures are the serial run's."""
     root = cluster.root
+    # Each group one population (the alone path is tests/test_pruning.py's): one compile a unit.
     pruned = ["--learning-rate", "0.1,0.01,0.001", "--seeds", "0,1", "--activations", "relu",
-              "--validation", "0.25", "--prune", "halving"]
+              "--validation", "0.25", "--prune", "halving", "--population", "auto"]
     on_ray = run_bench(sweep(data, *pruned, "--executor", "ray", "--ray-address",
                              cluster.address, "--out", root / "pruned-ray"), root)
     assert on_ray.returncode == 0, on_ray.stderr[-3000:]
