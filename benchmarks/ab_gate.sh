@@ -11,21 +11,26 @@
 #   RUNS=1 BUDGET=0 CASES=aa bash benchmarks/ab_gate.sh   # a smoke test: one pair of rounds
 #
 # Env: BASE_REV (HEAD: the commit measured, and planted on), RUNS (10), BUDGET minutes (10),
-# CASES ("aa big small"), K_BIG (128), K_SMALL (90), PY (the checkout's .venv/bin/python),
+# CASES ("aa big small"), K_BIG (150), K_SMALL (100), PY (the checkout's .venv/bin/python),
 # WORK (a new temporary folder), CACHE (built sides, default $WORK/cache), EXTRA (more
 # `bench ab` flags, e.g. "--models dense" for a quicker smoke test).
 # Everything happens in a temporary clone of this checkout (the planted commits too) and the
 # cache; this checkout is only read. Results: $WORK/results.md (and runs.tsv, each run's files).
+# An existing WORK is added to: its clone is reused, the new runs are numbered after the ones
+# in runs.tsv, and results.md counts them all (each session's machine is a comment line there),
+# so that the hours of a full measurement can be spread over several sessions.
+# K: 128 measured 4.9% (2026-12-05); the cost grows about as K^2, hence 150 (~6.7%) and 100 (~3%).
 set -uo pipefail
 ROOT=$(git rev-parse --show-toplevel)
 PY=${PY:-$ROOT/.venv/bin/python}
 RUNS=${RUNS:-10}; BUDGET=${BUDGET:-10}; CASES=${CASES:-aa big small}
-K_BIG=${K_BIG:-128}; K_SMALL=${K_SMALL:-90}; EXTRA=${EXTRA:-}
+K_BIG=${K_BIG:-150}; K_SMALL=${K_SMALL:-100}; EXTRA=${EXTRA:-}
 WORK=${WORK:-$(mktemp -d /tmp/ab_gate.XXXXXX)}
 CLONE=$WORK/clone; CACHE=${CACHE:-$WORK/cache}; TABLE=$WORK/runs.tsv
 mkdir -p "$WORK"
-git clone -q "$ROOT" "$CLONE"
-BASE=$(git -C "$CLONE" rev-parse "${BASE_REV:-HEAD}^{commit}")
+[ -d "$CLONE" ] || git clone -q "$ROOT" "$CLONE"
+git -C "$CLONE" fetch -q origin  # origin: this checkout
+BASE=$(git -C "$ROOT" rev-parse "${BASE_REV:-HEAD}^{commit}")
 
 plant() {  # plant K: a commit on BASE whose dense forward pass does an extra K x K product
   git -C "$CLONE" checkout -q --detach "$BASE"
@@ -56,10 +61,11 @@ print(build_revision(Path(sys.argv[1]), sys.argv[2], Path(sys.argv[3])).how)' "$
     || { echo "build of $commit failed: see $CACHE/$commit/build.log" >&2; exit 2; }
 done
 
-{ echo "# $(date -Is) $(nproc) CPUs, load $(cut -d' ' -f1-3 /proc/loadavg); base $BASE; K_BIG=$K_BIG K_SMALL=$K_SMALL; budget $BUDGET min"
-  printf 'case\trun\texit\twall_s\tjson\tcompare_exit\n'; } > "$TABLE"
+[ -f "$TABLE" ] || printf 'case\trun\texit\twall_s\tjson\tcompare_exit\n' > "$TABLE"
+echo "# $(date -Is) $(nproc) CPUs ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)), load $(cut -d' ' -f1-3 /proc/loadavg); base $BASE; K_BIG=$K_BIG K_SMALL=$K_SMALL; budget $BUDGET min" >> "$TABLE"
+DONE=$(awk -F'\t' '!/^(#|case)/ && $2 > n {n = $2} END {print n + 0}' "$TABLE")  # runs so far
 cd "$ROOT"  # `python -m bench` is this checkout's bench: the gate under test
-for run in $(seq 1 "$RUNS"); do
+for run in $(seq $((DONE + 1)) $((DONE + RUNS))); do
   for case in $CASES; do  # cases interleaved, so that the machine's drift hits them alike
     out=$WORK/$case-$run
     start=$(date +%s.%N)
@@ -81,8 +87,9 @@ done
 import json, statistics, sys
 from collections import defaultdict
 lines = open(sys.argv[1]).read().splitlines()
-print(lines[0].lstrip("# "), "\n")
-rows = [dict(zip(lines[1].split("\t"), line.split("\t"))) for line in lines[2:]]
+print("\n".join(line.lstrip("# ") for line in lines if line.startswith("#")), "\n")
+titles = lines[0].split("\t")
+rows = [dict(zip(titles, line.split("\t"))) for line in lines[1:] if not line.startswith("#")]
 by_case = defaultdict(list)
 for row in rows:
     by_case[row["case"]].append(row)
