@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 from bench.read.render import cells
 from bench.read.render.aggregate import Group
-from bench.read.render.cells import Cell, plural, stat_cell, text_cell  # noqa: F401 (plural re-exported)
+from bench.read.render.cells import Cell, stat_cell, text_cell
 from bench.read.render.document import Table, table
 from bench.read.render.runs import Run, data_identity
 from bench.contract.schema import UNITS

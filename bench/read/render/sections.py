@@ -13,9 +13,9 @@ from bench.contract.pruning import Pruning
 from bench.read.render import cells
 from bench.read.render.aggregate import (Group, families, group_trials, stat, status_summary,
                                          targets, time_to)
-from bench.read.render.cells import Cell, number_cell, stat_cell, text_cell
+from bench.read.render.cells import Cell, number_cell, plural, stat_cell, text_cell
 from bench.read.render.columns import (CONFIG, SEEDS, TRAIN_S, Column, acc_title, accuracy_caption,
-                                       metric, plural, rows_table, seeds, with_run)
+                                       metric, rows_table, seeds, with_run)
 from bench.read.render.document import Block, Facts, Para, Report, Section, Table, table
 from bench.read.render.populations import populations_section, trained_together
 from bench.read.render.runs import Run

@@ -314,19 +314,22 @@ def _effect_points(groups: list[Group], runs: list[Run],
     points = []
     for g in groups:
         chance = 1 / ((runs[g.run_index].header.data or {}).get("num_classes") or DEFAULT_CLASSES)
-        values = []
-        for r in g.records:
-            if at_epoch is not None and r.status in ("ok", "pruned") \
-                    and len(r.history) >= at_epoch:
-                value = r.history[at_epoch - 1].get("test_accuracy")
-                values.append(value if value is not None and math.isfinite(value) else chance)
-            elif r.ok and r.test_accuracy is not None and at_epoch is None:
-                values.append(r.test_accuracy)
-            elif r.status == "diverged":
-                values.append(chance)
+        values = [v for v in (_point_value(r, at_epoch, chance) for r in g.records) if v is not None]
         if values:
             points.append((g.config, statistics.fmean(values)))
     return points
+
+
+def _point_value(record, at_epoch: int | None, chance: float) -> float | None:
+    """One seed's value for _effect_points; None leaves it out."""
+    if record.status == "diverged":
+        return chance
+    if at_epoch is None:
+        return record.test_accuracy if record.ok else None
+    if record.status not in ("ok", "pruned") or len(record.history) < at_epoch:
+        return None
+    value = record.history[at_epoch - 1].get("test_accuracy")
+    return value if value is not None and math.isfinite(value) else chance
 
 
 def _values(points, axis: str) -> list:

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 from bench.read.render import cells
 from bench.read.render.aggregate import Group
-from bench.read.render.cells import Cell, number_cell, percent_interval, stat_cell, text_cell
-from bench.read.render.columns import acc_title, accuracy_caption, plural, same_data, seeds
+from bench.read.render.cells import Cell, number_cell, percent_interval, plural, stat_cell, text_cell
+from bench.read.render.columns import acc_title, accuracy_caption, same_data, seeds
 from bench.read.render.document import Block, Facts, Para, Section, Table, table
 from bench.read.render.runs import Run
 from bench.read.render.verdict import FamilyVerdict, Importance, Standing, Verdict, Warning
