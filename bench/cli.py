@@ -11,6 +11,7 @@ from bench.engine import data as data_sources
 from bench.contract.pruning import METHODS as PRUNING_METHODS, OFF as PRUNING_OFF, parse_pruning
 from bench.read.compare import METRICS, Thresholds, parse_threshold
 from bench.read.compare_command import run_compare
+from bench.run.ab.decide import Rule as GateRule
 from bench.run.executors import EXECUTORS
 from bench.run.groups import AUTO, parse_population
 from bench.contract.schema import AXES, PLATFORMS, Axis, SchemaError, SpecError, TimingProtocol
@@ -419,9 +420,10 @@ AB_RULES = """\
 verdicts, per trial matched by key, on the pairs of rounds:
   step_time  ratio HEAD/BASE of each pair's median step times; on the log ratios a
              t-interval at 1 - --alpha (95%) and a one-sided paired t-test.
-             regression: the interval lies above 1 and the ratio exceeds
-             1 + --max-slowdown; no regression: the interval ends below it;
-             otherwise undecided (more pairs, within --budget).
+             regression: p < --alpha/2 divided by the number of trials timed
+             (Bonferroni) and the ratio exceeds 1 + --max-slowdown; no regression:
+             the interval ends below 1 + --max-slowdown; otherwise, or before
+             --min-pairs pairs, undecided (more pairs, within --budget).
   accuracy   same seeds on both sides: regression if HEAD's test accuracy drops by
              more than --max-accuracy-drop points (mean over pairs).
   status     ok in BASE, diverged/failed in HEAD is a regression.
@@ -447,8 +449,9 @@ def _add_ab_args(p: argparse.ArgumentParser) -> None:
     gate.add_argument("--budget", type=_non_negative_float, default=10.0, metavar="MINUTES",
                       help="measuring time after which an unsure verdict is reported as "
                            "undecided (default %(default)s; building is not counted)")
-    gate.add_argument("--min-pairs", type=_positive, default=2, metavar="N",
-                      help="pairs of rounds before any verdict (default %(default)s)")
+    gate.add_argument("--min-pairs", type=_positive, default=GateRule().min_pairs, metavar="N",
+                      help="pairs of rounds before a step-time verdict (default %(default)s; "
+                           "the gate looks after every two pairs)")
     gate.add_argument("--max-wait", type=_non_negative_float, default=60.0, metavar="SECONDS",
                       help="before each round, wait at most this long for other processes to "
                            "leave the machine (default %(default)s)")
@@ -492,17 +495,16 @@ def _flag_text(dest: str, value) -> str:
 
 def _ab(args: argparse.Namespace) -> int:
     from bench.run.ab.command import Request, run_ab
-    from bench.run.ab.decide import Rule
     if not (args.sweep or args.preset):
         args.preset = "ci"
     if not 0 < args.alpha < 1:
         raise SpecError(f"--alpha {args.alpha}: expected a fraction between 0 and 1")
     flags = ab_round_flags(args)
     sweep_from_args(args)  # a misspelt preset or axis value fails here, before any build
-    rule = Rule(max_slowdown=args.max_slowdown, max_accuracy_drop=args.max_accuracy_drop,
-                alpha=args.alpha)
+    rule = GateRule(max_slowdown=args.max_slowdown, max_accuracy_drop=args.max_accuracy_drop,
+                alpha=args.alpha, min_pairs=args.min_pairs)
     return run_ab(Request(base=args.base, head=args.head, run_flags=flags, rule=rule,
-                          budget_s=60 * args.budget, min_pairs=args.min_pairs, out=args.out,
+                          budget_s=60 * args.budget, out=args.out,
                           markdown=args.markdown, json=args.json, repo=args.repo,
                           cache=args.cache_dir, max_wait_s=args.max_wait))
 

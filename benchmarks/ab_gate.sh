@@ -8,10 +8,10 @@
 # reports/baselines/ci-cpu-2core with 15% slack, what `tox -e regression` did before `bench ab`).
 #
 #   bash benchmarks/ab_gate.sh                      # 10 runs of each case, budget 10 min (hours)
-#   RUNS=1 BUDGET=0 CASES=aa bash benchmarks/ab_gate.sh   # a smoke test: one pair of rounds
+#   RUNS=1 BUDGET=0 CASES=aa bash benchmarks/ab_gate.sh   # a smoke test: one ABBA block (2 pairs)
 #
 # Env: BASE_REV (HEAD: the commit measured, and planted on), RUNS (10), BUDGET minutes (10),
-# CASES ("aa big small"), K_BIG (150), K_SMALL (100), PY (the checkout's .venv/bin/python),
+# CASES ("aa big small"), K_BIG (160), K_SMALL (100), PY (the checkout's .venv/bin/python),
 # WORK (a new temporary folder), CACHE (built sides, default $WORK/cache), EXTRA (more
 # `bench ab` flags, e.g. "--models dense" for a quicker smoke test).
 # Everything happens in a temporary clone of this checkout (the planted commits too) and the
@@ -19,12 +19,13 @@
 # An existing WORK is added to: its clone is reused, the new runs are numbered after the ones
 # in runs.tsv, and results.md counts them all (each session's machine is a comment line there),
 # so that the hours of a full measurement can be spread over several sessions.
-# K: 128 measured 4.9% (2026-12-05); the cost grows about as K^2, hence 150 (~6.7%) and 100 (~3%).
+# K: 128 measured 4.9%, 150 6.7% (2026-12-05); the cost grows about as K^2, hence 160 (~7.6%) and
+# 100 (~3%).
 set -uo pipefail
 ROOT=$(git rev-parse --show-toplevel)
 PY=${PY:-$ROOT/.venv/bin/python}
 RUNS=${RUNS:-10}; BUDGET=${BUDGET:-10}; CASES=${CASES:-aa big small}
-K_BIG=${K_BIG:-150}; K_SMALL=${K_SMALL:-100}; EXTRA=${EXTRA:-}
+K_BIG=${K_BIG:-160}; K_SMALL=${K_SMALL:-100}; EXTRA=${EXTRA:-}
 WORK=${WORK:-$(mktemp -d /tmp/ab_gate.XXXXXX)}
 CLONE=$WORK/clone; CACHE=${CACHE:-$WORK/cache}; TABLE=$WORK/runs.tsv
 mkdir -p "$WORK"

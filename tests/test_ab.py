@@ -19,7 +19,7 @@ import pytest
 from bench import cli
 from bench.run.ab import build as ab_build
 from bench.run.ab.decide import (IMPROVEMENT, NO_REGRESSION, REGRESSION, UNDECIDED, Rule, Sample,
-                                 accuracy_call, judge_trial, step_time_call)
+                                 accuracy_call, judge, judge_trial, step_time_call)
 from bench.run.ab.gate import BUDGET, SETTLED, measure
 from bench.run.ab.requirements import Requirements, fit
 from bench.run.ab.rounds import Round, read_samples
@@ -148,7 +148,7 @@ def test_gate_runs_rounds_in_abba_order():
     def run(role, number):
         ran.append(role)
         return Round(role, number, Path("x"), {"k": Sample("ok", 0.01, 0.9)})
-    measure(run, Rule(), budget_s=1e9, min_pairs=4, clock=lambda: 0.0)
+    measure(run, Rule(min_pairs=4), budget_s=1e9, clock=lambda: 0.0)
     assert ran[:8] == ["base", "head", "head", "base", "base", "head", "head", "base"]
 
 
@@ -169,13 +169,35 @@ def test_wait_until_quiet_waits_while_busy_and_gives_up_at_the_limit():
     ([1.0, 1.003, 0.998, 1.001], NO_REGRESSION),         # no change
     ([1.03, 1.031, 1.029, 1.03], NO_REGRESSION),         # real but within the 5% threshold
     ([1.08, 0.97, 1.12, 0.99], UNDECIDED),               # noisy: the interval spans 1.05
-    ([1.06, 1.062, 1.058], REGRESSION),                  # beyond 5%, and significant
-    ([1.06, 0.99], UNDECIDED),                           # beyond 5%, not significant
-    ([0.80, 0.81, 0.79], IMPROVEMENT),
+    ([1.06, 1.062, 1.058, 1.06], REGRESSION),            # beyond 5%, and significant
+    ([1.06, 0.99, 1.07, 1.00], UNDECIDED),               # beyond 5%, not significant
+    ([0.80, 0.81, 0.79, 0.80], IMPROVEMENT),
+    ([1.10, 1.11, 1.09], UNDECIDED),                     # clear, but fewer than 4 pairs
     ([1.5], UNDECIDED),                                  # one pair: no interval yet
 ])
 def test_step_time_rule_on_planted_ratios(ratios, verdict):
-    assert step_time_call(ratios, Rule(max_slowdown=0.05))[0] == verdict
+    assert step_time_call(ratios, Rule(max_slowdown=0.05, min_pairs=4))[0] == verdict
+
+
+def test_a_regression_is_tested_at_alpha_over_the_trials_timed():
+    # p = 0.015: a regression for a trial tested alone (2.5%), not as one of three (0.83%).
+    ratios = [1.025, 1.09, 1.04, 1.08]
+    verdict, (estimate, _, _, p) = step_time_call(ratios, Rule(), trials=1)
+    assert verdict == REGRESSION and 0.025 / 3 < p < 0.025 and estimate > 1.05
+    assert step_time_call(ratios, Rule(), trials=3)[0] == UNDECIDED
+    assert Rule(alpha=0.05).test_level(3) == pytest.approx(0.05 / 2 / 3)
+
+
+def test_judge_counts_the_trials_timed_on_both_sides():
+    fast, broken = Sample("ok", 0.01, 0.9), Sample("failed")
+    ratios = [1.025, 1.09, 1.04, 1.08]  # p = 0.015
+    pairs = [({"a": fast, "b": fast, "c": fast}, {"a": Sample("ok", 0.01 * r, 0.9), "b": fast, "c": broken})
+             for r in ratios]
+    by_trial = {v.key: v for v in judge(pairs, {}, Rule()) if v.metric == "step_time"}
+    assert by_trial["c"].pairs == 0  # failed in HEAD: no ratio, so not a test of its own
+    assert by_trial["a"].verdict == UNDECIDED  # two trials timed: tested at 0.025 / 2
+    alone = [({"a": b["a"]}, {"a": h["a"]}) for b, h in pairs]
+    assert next(v for v in judge(alone, {}, Rule()) if v.metric == "step_time").verdict == REGRESSION
 
 
 def test_step_time_interval_contains_the_estimate():
@@ -218,17 +240,36 @@ def _planted(ratio_of_pair, clock: FakeClock):
 
 
 @pytest.mark.parametrize("ratio_of_pair, verdict, stopped, pairs", [
-    (lambda n: 1.20 + 0.001 * n, REGRESSION, SETTLED, 2),
-    (lambda n: 1.0 + 0.001 * (-1) ** n, NO_REGRESSION, SETTLED, 2),
-    (lambda n: 1.04 + 0.08 * (-1) ** n, UNDECIDED, BUDGET, 4),  # 8 rounds = 8 min of a 9-min budget
+    (lambda n: 1.20 + 0.001 * n, REGRESSION, SETTLED, 4),
+    (lambda n: 1.0 + 0.001 * (-1) ** n, NO_REGRESSION, SETTLED, 4),
+    # 12 rounds = 12 min of a 15-min budget: one more block (4 min) would not fit
+    (lambda n: 1.04 + 0.08 * (-1) ** n, UNDECIDED, BUDGET, 6),
 ])
 def test_loop_adds_pairs_until_sure_or_out_of_budget(ratio_of_pair, verdict, stopped, pairs):
     clock = FakeClock()
-    outcome = measure(_planted(ratio_of_pair, clock), Rule(), budget_s=9 * 60, min_pairs=2, clock=clock)
+    outcome = measure(_planted(ratio_of_pair, clock), Rule(min_pairs=4), budget_s=15 * 60, clock=clock)
     step = next(v for v in outcome.verdicts if v.metric == "step_time")
     assert (step.verdict, outcome.stopped, outcome.pairs, step.pairs) == (verdict, stopped, pairs, pairs)
     if verdict == UNDECIDED:
         assert step.low < 1.05 < step.high  # the interval found so far is reported
+
+
+def test_the_loop_looks_only_after_whole_abba_blocks():
+    # With --min-pairs 3 a clear slowdown is still first judged at 4 pairs: each side first twice.
+    clock = FakeClock()
+    outcome = measure(_planted(lambda n: 1.2 + 0.001 * n, clock), Rule(min_pairs=3), budget_s=1e9, clock=clock)
+    assert outcome.pairs == 4 and [r.role for r in outcome.rounds[:4]] == ["base", "head", "head", "base"]
+
+
+def test_an_accuracy_regression_stops_the_loop_before_min_pairs():
+    clock = FakeClock()
+
+    def run(role, number):
+        clock.now += 60
+        return Round(role, number, Path(f"{role}-{number}"), {"k": Sample("ok", 0.01, 0.9 if role == "base" else 0.8)})
+    outcome = measure(run, Rule(min_pairs=6), budget_s=1e9, clock=clock)
+    assert outcome.stopped == SETTLED and outcome.pairs == 2
+    assert {v.metric: v.verdict for v in outcome.verdicts}["accuracy"] == REGRESSION
 
 
 # ---------------------------------------------------------------- building a side
@@ -295,8 +336,10 @@ def test_clear_slowdown_is_exit_1_with_outputs(gate, tmp_path):
     verdict = json.loads((tmp_path / "ab.json").read_text())
     step = next(t for t in verdict["trials"] if t["metric"] == "step_time")
     assert step["verdict"] == "regression" and step["ratio"] == pytest.approx(1.2, rel=1e-3)
-    assert verdict["order"] == ["base:1", "head:1", "head:2", "base:2"]
+    assert verdict["order"] == ["base:1", "head:1", "head:2", "base:2", "base:3", "head:3", "head:4", "base:4"]
     assert verdict["sides"]["base"]["environment"]["kernels"]["fused_lstm_cpu"] == "on"
+    timed = sum(t["metric"] == "step_time" for t in verdict["trials"])
+    assert verdict["rule"]["test_level"] == pytest.approx(0.025 / timed)
     table = (tmp_path / "ab.md").read_text()
     assert "**regression**" in table and "| BASE `base` |" in table and table in out
     # each round is a run directory of its own, run with the same flags
@@ -317,7 +360,7 @@ def test_accuracy_drop_is_exit_1(gate):
 
 
 def test_undecided_within_the_budget_is_exit_3(gate):
-    status, out, _ = gate("base", "noisy", "--budget", "0")  # one pair, then out of budget
+    status, out, _ = gate("base", "noisy", "--budget", "0")  # one ABBA block (2 pairs), then out of budget
     assert status == 3 and "undecided (the budget ran out first)" in out
 
 

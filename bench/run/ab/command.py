@@ -30,7 +30,6 @@ class Request:
     run_flags: tuple[str, ...] = ("--preset", "ci")
     rule: Rule = Rule()
     budget_s: float = 600.0
-    min_pairs: int = 2
     out: Path | None = None
     markdown: Path | None = None
     json: Path | None = None
@@ -53,7 +52,7 @@ def run_ab(request: Request, install: Installer | None = None,
             _check_writable(path)
         sides = _prepare(request, install)
         outcome = measure(_runner(sides, request, out, quiet), request.rule, request.budget_s,
-                          request.min_pairs, clock, on_pair=_progress)
+                          clock, on_pair=_progress)
         report = _report(sides, outcome, request, out)
     except (GateError, SideError, RoundError) as exc:
         print(f"bench ab: error: {exc}", file=sys.stderr)

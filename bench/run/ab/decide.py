@@ -5,14 +5,20 @@ A pair is one round of each side: one `bench run` of BASE and one of HEAD.
 Step time. Each pair gives one ratio HEAD/BASE of the two runs' median step times. On the
 log ratios: the estimate is their mean (a geometric-mean ratio), the interval a Student
 t-interval at 1 - alpha (95% by default), and the test a one-sided paired t-test (HEAD
-slower). With m = --max-slowdown:
-  regression     the interval lies above 1 (the t-test's p < alpha/2: significant) and the
-                 estimate exceeds 1 + m (beyond the threshold);
+slower). With m = --max-slowdown and T the number of trials timed on both sides:
+  regression     the t-test's p < alpha / 2 / T (significant, Bonferroni over the T trials,
+                 since any one of them fails the gate) and the estimate exceeds 1 + m;
   no regression  the interval's upper end is below 1 + m ('improvement' when the interval
                  lies below 1 and the estimate is below 1 - m);
-  undecided      neither: more pairs are needed, or the budget ran out first.
+  undecided      neither, or fewer than `min_pairs` pairs: more pairs are needed, or the
+                 budget ran out first.
+The gate looks again after every two pairs (gate.py), so the looks are not corrected for
+one by one; `min_pairs` (4) and the threshold carry that. With the spreads measured on the
+2-vCPU VM, benchmarks/ab_rule_sim.py puts the chance of a false regression in a whole A/A
+gate (3 trials, up to 12 pairs) at 0.7% (3.3% for the first rule: from 2 pairs, every pair
+a look, no correction over trials), and finds a dense trial 8% slower in 98.5% of gates.
 A t-test, not a rank test: with a handful of pairs (a pair costs a minute or so on CPU) a
-rank test cannot reach 5% (Wilcoxon's smallest one-sided p with 4 pairs is 1/16).
+rank test cannot reach these levels (Wilcoxon's smallest one-sided p with 4 pairs is 1/16).
 
 Accuracy. Both sides train the same trials from the same seeds on the same data, so a
 change is the code's: the mean over pairs of HEAD - BASE test accuracy, in points; a drop
@@ -47,7 +53,12 @@ class Sample:
 class Rule:
     max_slowdown: float = 0.05  # a fraction: 0.05 = HEAD 5% slower
     max_accuracy_drop: float = 1.0  # percentage points
-    alpha: float = 0.05  # the interval is at 1 - alpha; the test at alpha / 2, one-sided
+    alpha: float = 0.05  # the interval is at 1 - alpha; the test at alpha / 2 / T, one-sided
+    min_pairs: int = 4  # pairs before a step-time verdict (an even number: whole ABBA blocks)
+
+    def test_level(self, trials: int) -> float:
+        """The one-sided t-test's level for a regression when `trials` trials are timed."""
+        return self.alpha / 2 / max(trials, 1)
 
 
 @dataclass(frozen=True)
@@ -88,14 +99,17 @@ def ratio_interval(ratios: list[float], alpha: float) -> tuple[float, float, flo
     return math.exp(mean), math.exp(mean - half), math.exp(mean + half), p
 
 
-def step_time_call(ratios: list[float], rule: Rule) -> tuple[str, tuple]:
-    """(verdict, (estimate, low, high, p)) of the rule above on a trial's paired ratios."""
+def step_time_call(ratios: list[float], rule: Rule, trials: int = 1) -> tuple[str, tuple]:
+    """(verdict, (estimate, low, high, p)) of the rule above on a trial's paired ratios, one
+    of `trials` trials tested at once."""
     if len(ratios) < 2:
         estimate = ratios[0] if ratios else None
         return UNDECIDED if ratios else NA, (estimate, None, None, None)
     estimate, low, high, p = interval = ratio_interval(ratios, rule.alpha)
+    if len(ratios) < rule.min_pairs:
+        return UNDECIDED, interval
     limit = 1 + rule.max_slowdown
-    if low > 1 and estimate > limit:
+    if p < rule.test_level(trials) and estimate > limit:
         return REGRESSION, interval
     if high < 1 and estimate < 1 - rule.max_slowdown:
         return IMPROVEMENT, interval
@@ -115,8 +129,9 @@ def accuracy_call(changes_pp: list[float], rule: Rule) -> tuple[str, float | Non
 
 
 def judge_trial(key: str, label: str, samples: list[tuple[Sample, Sample]],
-                rule: Rule) -> list[Verdict]:
-    """The trial's verdicts (status if it broke, step time, accuracy) on its paired samples."""
+                rule: Rule, trials: int = 1) -> list[Verdict]:
+    """The trial's verdicts (status if it broke, step time, accuracy) on its paired samples,
+    one of `trials` trials judged together."""
     row = dict(key=key, label=label, busy_pairs=sum(b.busy or h.busy for b, h in samples))
     broke = [(b, h) for b, h in samples if b.status == "ok" and h.status != "ok"]
     out = []
@@ -124,8 +139,8 @@ def judge_trial(key: str, label: str, samples: list[tuple[Sample, Sample]],
         out.append(Verdict(metric="status", verdict=REGRESSION, base="ok", head=broke[0][1].status,
                            pairs=len(samples), **row))
     both_ok = [(b, h) for b, h in samples if b.status == "ok" and h.status == "ok"]
-    timed = [(b.step_s, h.step_s) for b, h in both_ok if b.step_s and h.step_s]
-    verdict, (estimate, low, high, p) = step_time_call([h / b for b, h in timed], rule)
+    timed = [(b.step_s, h.step_s) for b, h in samples if _timed(b, h)]
+    verdict, (estimate, low, high, p) = step_time_call([h / b for b, h in timed], rule, trials)
     out.append(Verdict(metric="step_time", verdict=verdict, estimate=estimate, low=low, high=high,
                        p_value=p, pairs=len(timed), **_medians(timed), **row))
     scored = [(b.accuracy, h.accuracy) for b, h in both_ok
@@ -161,9 +176,13 @@ def common_keys(pairs: list[Pair]) -> tuple[list[str], list[str], list[str]]:
 def judge(pairs: list[Pair], labels: dict[str, str], rule: Rule) -> list[Verdict]:
     """Every verdict of every trial that both sides ran, on the pairs where both ran it."""
     keys, _, _ = common_keys(pairs)
-    return [v for k in keys
-            for v in judge_trial(k, labels.get(k, k), [(b[k], h[k]) for b, h in pairs
-                                                       if k in b and k in h], rule)]
+    samples = {k: [(b[k], h[k]) for b, h in pairs if k in b and k in h] for k in keys}
+    trials = sum(any(_timed(b, h) for b, h in s) for s in samples.values())
+    return [v for k in keys for v in judge_trial(k, labels.get(k, k), samples[k], rule, trials)]
+
+
+def _timed(base: Sample, head: Sample) -> bool:
+    return base.status == head.status == "ok" and bool(base.step_s and head.step_s)
 
 
 def settled(verdicts: list[Verdict]) -> bool:

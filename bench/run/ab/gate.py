@@ -1,10 +1,12 @@
 """The measurement loop: pairs of rounds, in alternating order, until the verdict is sure.
 
-After each pair every trial is judged (decide.py). The loop stops when the verdict can no
-longer change the exit status (a regression, or nothing undecided) once `min_pairs` pairs
-are in, or when another pair, at the average cost of those so far, would not fit in the
-budget: then what is still undecided is reported as undecided, with its interval. The
-clock and the round runner are arguments, so the rule is tested on planted rounds.
+Pairs come in blocks of two (BASE HEAD, HEAD BASE: one ABBA block), so that at each look
+both sides have gone first equally often and a machine that drifts favours neither. After
+each block every trial is judged (decide.py); the loop stops when the verdict can no longer
+change the exit status (a regression, or nothing undecided), or when another block, at the
+average cost of the pairs so far, would not fit in the budget: then what is still undecided
+is reported as undecided, with its interval. The clock and the round runner are arguments,
+so the rule is tested on planted rounds.
 """
 
 from __future__ import annotations
@@ -38,7 +40,10 @@ def paired(rounds: tuple[Round, ...] | list[Round]) -> list[Pair]:
             for _, sides in sorted(by_number.items()) if len(sides) == 2]
 
 
-def measure(run: Callable[[str, int], Round], rule: Rule, budget_s: float, min_pairs: int = 2,
+BLOCK = 2  # pairs per look: one ABBA block
+
+
+def measure(run: Callable[[str, int], Round], rule: Rule, budget_s: float,
             clock: Callable[[], float] = time.monotonic,
             on_pair: Callable[[list[Round], list[Verdict]], None] | None = None) -> Outcome:
     """Runs pairs of rounds (`run(role, pair_number)`) until settled or out of budget."""
@@ -49,10 +54,12 @@ def measure(run: Callable[[str, int], Round], rule: Rule, budget_s: float, min_p
         verdicts = judge(paired(rounds), labels_of(rounds), rule)
         if on_pair is not None:
             on_pair(rounds, verdicts)
+        if number % BLOCK:
+            continue  # the block's second pair first
         elapsed = clock() - start
-        if number >= min_pairs and settled(verdicts):
+        if settled(verdicts):
             return Outcome(tuple(rounds), tuple(verdicts), number, elapsed, SETTLED)
-        if elapsed + elapsed / number > budget_s:
+        if elapsed + BLOCK * elapsed / number > budget_s:
             return Outcome(tuple(rounds), tuple(verdicts), number, elapsed, BUDGET)
 
 

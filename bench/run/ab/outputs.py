@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from bench.run.ab.decide import EXIT_REGRESSION, EXIT_UNDECIDED, Rule, Verdict, exit_status
-from bench.run.ab.gate import BUDGET, Outcome
+from bench.run.ab.gate import BLOCK, BUDGET, Outcome
 from bench.run.ab.sides import Side
 
 JSON_FORMAT = 1
@@ -50,7 +50,7 @@ def render_markdown(report: Report) -> str:
              f"| trial | metric | BASE | HEAD | HEAD/BASE ({level} CI) | p | pairs | verdict |",
              "|---|---|--:|--:|--:|--:|--:|---|"]
     lines += [_row(v) for v in report.outcome.verdicts]
-    lines += ["", _rule_text(report.rule)]
+    lines += ["", _rule_text(report.rule, timed_trials(report.outcome.verdicts))]
     if report.warnings:
         lines += [""] + [f"- {w}" for w in report.warnings]
     lines += ["", ENVIRONMENT_TITLES, "|---|---|---|---|---|---|---|"]
@@ -96,12 +96,19 @@ def _change(v: Verdict) -> str:
     return f"{v.estimate:.3f} ({v.low:.3f}–{v.high:.3f})"
 
 
-def _rule_text(rule: Rule) -> str:
+def timed_trials(verdicts) -> int:
+    """How many trials have a step-time ratio: the Bonferroni divisor of the t-test."""
+    return sum(v.metric == "step_time" and v.pairs > 0 for v in verdicts)
+
+
+def _rule_text(rule: Rule, trials: int) -> str:
     level = f"{100 * (1 - rule.alpha):g}%"
     return (f"Step time: ratio of the two sides' median step times per pair; {level} t-interval "
-            f"on the log ratios; regression when the interval lies above 1 (one-sided paired "
-            f"t-test) and the ratio exceeds {1 + rule.max_slowdown:g}; no regression when the "
-            f"interval ends below {1 + rule.max_slowdown:g}; else undecided. Accuracy: "
+            f"on the log ratios; regression when a one-sided paired t-test gives p < "
+            f"{rule.test_level(trials):.3g} ({rule.alpha / 2:g} over {trials} timed trial(s), "
+            f"Bonferroni) and the ratio exceeds {1 + rule.max_slowdown:g}; no regression when "
+            f"the interval ends below {1 + rule.max_slowdown:g}; else, or before "
+            f"{rule.min_pairs} pairs, undecided; looks after every {BLOCK} pairs. Accuracy: "
             f"same seeds; regression when HEAD's mean drops by more than "
             f"{rule.max_accuracy_drop:g} pp. Exit status 0 no regression, 1 regression, "
             f"2 unusable input, 3 undecided.")
@@ -116,7 +123,9 @@ def to_json(report: Report) -> dict:
         "budget_s": report.budget_s,
         "rule": {"max_slowdown": report.rule.max_slowdown,
                  "max_accuracy_drop": report.rule.max_accuracy_drop, "alpha": report.rule.alpha,
+                 "min_pairs": report.rule.min_pairs, "pairs_per_look": BLOCK,
                  "test": "one-sided paired t-test on the log step-time ratios",
+                 "test_level": report.rule.test_level(timed_trials(o.verdicts)),
                  "interval": f"Student t-interval on the log ratios at {1 - report.rule.alpha:g}"},
         "sides": {s.role: {"spec": s.spec, "revision": s.revision, "python": str(s.python),
                            "build": s.how, "environment": report.environments.get(s.role, {})}
