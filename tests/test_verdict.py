@@ -335,3 +335,16 @@ def test_a_pruned_run_judges_what_mattered_at_the_last_epoch_every_configuration
     [lr_effect] = [e for e in dense.effects if e.axis == "learning_rate"]
     assert [round(level.mean, 2) for level in lr_effect.levels] == [0.90, 0.60, 0.30]
     assert dense.best.group.config["learning_rate"] == 1e-3 and dense.pruned == ((1, 4),)
+
+
+def test_pruned_configurations_rank_by_the_rung_they_reached_then_their_accuracy_there():
+    """Halving's own judgement: one stopped at epoch 2 above those stopped at epoch 1, and
+    among those the better at the rung first, whatever the sweep's order."""
+    def pruned(lr: float, at: int, accuracy: float) -> Record:
+        record = trial(None, lr=lr)
+        record.status, record.pruned_at_epoch = "pruned", at
+        record.history = [{"epoch": e, "test_accuracy": accuracy} for e in range(1, at + 1)]
+        return record
+    records = [trial(0.95, lr=1e-3), pruned(1e-4, 1, 0.40), pruned(3e-3, 1, 0.70),
+               pruned(1e-2, 2, 0.60), pruned(3e-2, 1, 0.55)]
+    assert list(by_lr(family(records).standings)) == [1e-3, 1e-2, 3e-3, 3e-2, 1e-4]

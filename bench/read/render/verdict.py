@@ -256,7 +256,7 @@ def rank_standings(standings: list[Standing], on: str = "test") -> tuple[Standin
 
     complete = sorted((s for s in standings if s.complete), key=by_mean)
     partial = sorted((s for s in standings if not s.complete),
-                     key=lambda s: (-s.ok / s.seeds, -mean(s), s.group.sort_key()))
+                     key=lambda s: (-s.ok / s.seeds, -mean(s), *_how_far(s, on), s.group.sort_key()))
     if not complete:
         return tuple(dataclasses.replace(s, rank=i) for i, s in enumerate(partial, 1))
     best, others = complete[0], complete[1:]
@@ -267,6 +267,20 @@ def rank_standings(standings: list[Standing], on: str = "test") -> tuple[Standin
     rest = others[ties:] + partial
     first = [dataclasses.replace(best, rank=1), *tied]
     return (*first, *(dataclasses.replace(s, rank=i) for i, s in enumerate(rest, len(first) + 1)))
+
+
+def _how_far(s: Standing, on: str) -> tuple[float, float]:
+    """A configuration --prune stopped, as successive halving judged it: (minus) the last
+    epoch its seeds reached, and (minus) their mean accuracy then on the split `on`; so among
+    the pruned, the later and then the better go first. (0, 0) where none was pruned."""
+    pruned = [r for r in s.group.records if r.status == "pruned" and r.pruned_at_epoch]
+    if not pruned:
+        return (0.0, 0.0)
+    last = max(r.pruned_at_epoch for r in pruned)
+    there = [r.history[-1].get(CHOSEN_ON[on]) for r in pruned
+             if r.pruned_at_epoch == last and r.history]
+    there = [a for a in there if isinstance(a, (int, float))]
+    return (-float(last), -statistics.fmean(there) if there else 0.0)
 
 
 def ranked(v: Verdict) -> list[Group]:
