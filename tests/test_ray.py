@@ -121,7 +121,8 @@ def cluster(tmp_path_factory):
     root = tmp_path_factory.mktemp("ray-cluster")
     before = set(ray_processes())
     with pytest.MonkeyPatch.context() as mp, SocketWatch() as watch:
-        for name, value in {**LOOPBACK_HTTP, "XDG_CACHE_HOME": str(root / "cache"),
+        for name, value in {**LOOPBACK_HTTP, **compilation_cache(root / "xla-cache"),
+                            "XDG_CACHE_HOME": str(root / "cache"),
                             "TFDS_DATA_DIR": str(root / "tfds"), "JAX_PLATFORMS": "cpu"}.items():
             mp.setenv(name, value)
         mp.delenv("RAY_ADDRESS", raising=False)
@@ -138,6 +139,16 @@ def cluster(tmp_path_factory):
             cluster.shutdown()
     assert_gone(before)
     assert watch.bad == set(), f"Ray reached beyond loopback: {watch.bad}"
+
+
+def compilation_cache(folder: Path) -> dict[str, str]:
+    """JAX's persistent compilation cache for every process of the cluster and every `bench
+    run` started here (they inherit the environment): the tests below train the same few
+    dense programs again and again (the serial reference, the resumed run, each unit), and
+    a user's `--compilation-cache` makes all but the first a load, as here."""
+    return {"JAX_COMPILATION_CACHE_DIR": str(folder),
+            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
+            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
 
 def assert_gone(before: set[int], within: float = 30.0) -> None:

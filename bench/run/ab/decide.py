@@ -54,7 +54,7 @@ class Rule:
     max_slowdown: float = 0.05  # a fraction: 0.05 = HEAD 5% slower
     max_accuracy_drop: float = 1.0  # percentage points
     alpha: float = 0.05  # the interval is at 1 - alpha; the test at alpha / 2 / T, one-sided
-    min_pairs: int = 4  # pairs before a step-time verdict (an even number: whole ABBA blocks)
+    min_pairs: int = 4  # pairs before a step-time verdict (gate.py looks after every 2)
 
     def test_level(self, trials: int) -> float:
         """The one-sided t-test's level for a regression when `trials` trials are timed."""
