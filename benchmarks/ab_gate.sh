@@ -19,8 +19,8 @@
 # An existing WORK is added to: its clone is reused, the new runs are numbered after the ones
 # in runs.tsv, and results.md counts them all (each session's machine is a comment line there),
 # so that the hours of a full measurement can be spread over several sessions.
-# K: 128 measured 4.9%, 150 6.7% (2026-12-05); the cost grows about as K^2, hence 160 (~7.6%) and
-# 100 (~3%).
+# K: 128 measured 4.9%, 150 6.7%, 160 8.6% (2026-12-05; the cost grows faster than K^2); 100 aims at
+# ~3%.
 set -uo pipefail
 ROOT=$(git rev-parse --show-toplevel)
 PY=${PY:-$ROOT/.venv/bin/python}
