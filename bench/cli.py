@@ -502,7 +502,7 @@ def _ab(args: argparse.Namespace) -> int:
     flags = ab_round_flags(args)
     sweep_from_args(args)  # a misspelt preset or axis value fails here, before any build
     rule = GateRule(max_slowdown=args.max_slowdown, max_accuracy_drop=args.max_accuracy_drop,
-                alpha=args.alpha, min_pairs=args.min_pairs)
+                    alpha=args.alpha, min_pairs=args.min_pairs)
     return run_ab(Request(base=args.base, head=args.head, run_flags=flags, rule=rule,
                           budget_s=60 * args.budget, out=args.out,
                           markdown=args.markdown, json=args.json, repo=args.repo,
