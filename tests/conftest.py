@@ -91,8 +91,8 @@ def isolated(tmp_path):
 
 # The session's compilation cache (above) is configured once JAX is imported, so the tests
 # of the reading side still run without it. A test that sets its own cache
-# (--compilation-cache) takes over from there. Subprocesses (bench run, Ray workers)
-# compile as users' runs do.
+# (--compilation-cache) takes over from there. Subprocesses (bench run) compile as users'
+# runs do, except the Ray tests' cluster and runs, which share a cache of their own (test_ray.py).
 _compile_cache_on = False
 
 
