@@ -24,6 +24,7 @@ from bench.contract.registry import ACTIVATIONS
 from bench.contract.schema import TimingProtocol, make_config
 from models import fused_cells, fused_conv, fused_lstm, native_kernels
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls
+from test_fused_lstm import blas_threads  # noqa: F401 (a fixture the tests below use)
 from rounding import assert_close, conv_block_terms
 from test_models import images, model_terms, normal, tiny
 
@@ -141,6 +142,45 @@ def test_vmapped_block_equals_each_member_alone():
     for m, args in enumerate(members):
         assert_same(jax.tree.map(lambda leaf, m=m: leaf[m], together),
                     value_and_grads(block, args), (3, 4, 6, 2, 5, 3))
+
+
+# A batch of many tiles (5 images of 14x14 a tile: 13 tiles, more than any thread count here),
+# so that threads share the kernel and bias gradients' sums.
+MANY_TILES = (64, 14, 14, 8, 16, 3)
+
+
+def kernel_and_bias_gradients(args):
+    def loss(kernel, bias):
+        y = fused_conv.conv_block(jax.nn.relu, args[0], kernel, bias)
+        return jnp.sum(jnp.sin(y) * y)
+
+    return jax.device_get(jax.jit(jax.grad(loss, argnums=(0, 1)))(*args[1:]))
+
+
+def assert_same_bits(got, want):
+    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_gradients_are_the_same_bits_on_every_call(blas_threads):
+    """Threads take tiles as they come free; the gradients' sums must not depend on which
+    thread took which (they did: 40 of 50 calls differed in the last bits, and a trial's
+    seed no longer fixed its result)."""
+    blas_threads(3)
+    args = block_args(*MANY_TILES)
+    first = kernel_and_bias_gradients(args)
+    for _ in range(20):
+        assert_same_bits(kernel_and_bias_gradients(args), first)
+
+
+def test_gradients_are_the_same_bits_on_any_number_of_threads(blas_threads):
+    args = block_args(*MANY_TILES)
+    on = {}
+    for threads in (1, 2, 3):
+        blas_threads(threads)
+        on[threads] = kernel_and_bias_gradients(args)
+    assert_same_bits(on[2], on[1])
+    assert_same_bits(on[3], on[1])
 
 
 def test_nan_input_gives_nan_output():
