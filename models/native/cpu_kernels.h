@@ -333,7 +333,8 @@ inline ffi::Error expect_rank(const char* operand, Dims got, const Population& p
 // Runs `run(task, thread, gemm)` for tasks 0 .. tasks - 1 on up to `threads` threads: the
 // calling thread (thread 0) and helpers 1 .. threads - 1 scheduled on XLA's own intra-op
 // thread pool; each takes the next task not yet taken until none is left. Tasks write
-// disjoint slices, or per-thread scratch indexed by `thread`.
+// disjoint slices, or per-thread scratch indexed by `thread`; never a sum per thread, since
+// which tasks a thread takes changes from call to call, and the sums' rounding with it.
 //
 // Why XLA's pool rather than threads of our own: while a kernel runs, XLA's idle workers
 // keep spinning for a while before they sleep, and a thread of ours would share a core with
