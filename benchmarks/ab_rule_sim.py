@@ -9,6 +9,7 @@ gates ended in a regression, no regression or undecided, and the mean pairs used
 
     python benchmarks/ab_rule_sim.py                      # A/A, a planted 8% and 3% dense slowdown
     python benchmarks/ab_rule_sim.py --min-pairs 2 --legacy   # the first rule, for comparison
+    python benchmarks/ab_rule_sim.py --slowdowns 0.04          # another planted slowdown
 
 --legacy replays the rule as first built (a look after every pair, no Bonferroni over trials).
 """
@@ -80,6 +81,8 @@ def main() -> None:
     p.add_argument("--tail-df", type=float, default=None, help="Student t noise with these degrees of freedom")
     p.add_argument("--legacy", action="store_true", help="the first rule (see the docstring)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--slowdowns", default="0,0.08,0.065,0.03",
+                   help="the dense trial's planted slowdowns, one case each (default 0,0.08,0.065,0.03)")
     args = p.parse_args()
     if args.legacy:
         legacy()
@@ -90,7 +93,8 @@ def main() -> None:
           f"{'normal' if args.tail_df is None else f't({args.tail_df:g})'}; {args.gates} gates a case")
     print("| case | regression (exit 1) | no regression (0) | undecided (3) | mean pairs |")
     print("|---|--:|--:|--:|--:|")
-    for name, slowdown in (("A/A", 0.0), ("dense +8%", 0.08), ("dense +6.5%", 0.065), ("dense +3%", 0.03)):
+    for slowdown in (float(text) for text in args.slowdowns.split(",")):
+        name = "A/A" if slowdown == 0 else f"dense +{100 * slowdown:g}%"
         ends = [one_gate(slowdown, rule, 60 * args.budget, args.round_s, rng, args.tail_df)
                 for _ in range(args.gates)]
         codes = Counter(code for code, _ in ends)
