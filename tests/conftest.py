@@ -106,6 +106,23 @@ def pytest_runtest_setup(item):
         _compile_cache_on = True
 
 
+@pytest.fixture
+def blas_threads():
+    """Sets OpenBLAS's thread count for the test, restored after: the CPU kernels spread their
+    tasks (members, row slices, tiles) over that many threads (one: one after another). The
+    test first checks that its kernel runs (its file's kernel_on())."""
+    from models import native_kernels
+
+    try:
+        native_kernels.cap_blas_threads()  # as loading a kernel does: what is restored is capped
+        openblas = native_kernels.openblas()
+    except Exception as error:  # noqa: BLE001  no scipy-openblas32: no kernel runs either
+        pytest.skip(f"OpenBLAS cannot be loaded: {error}")
+    before = openblas.scipy_openblas_get_num_threads()
+    yield openblas.scipy_openblas_set_num_threads
+    openblas.scipy_openblas_set_num_threads(before)
+
+
 def _signal_state() -> tuple:
     """How this process treats SIGINT and SIGTERM: their handlers and whether they are blocked."""
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, [])

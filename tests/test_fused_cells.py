@@ -23,7 +23,6 @@ from models import fused_cells
 from models.recurrence import recur
 from models.recurrent import CELLS
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls, loss_and_grads
-from test_fused_lstm import blas_threads  # noqa: F401 (a fixture the tests below use)
 from rounding import assert_close, recurrent_terms
 from test_models import images, model_terms, normal, tiny
 

@@ -24,7 +24,6 @@ from bench.contract.registry import ACTIVATIONS
 from bench.contract.schema import TimingProtocol, make_config
 from models import fused_cells, fused_conv, fused_lstm, native_kernels
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls
-from test_fused_lstm import blas_threads  # noqa: F401 (a fixture the tests below use)
 from rounding import assert_close, conv_block_terms
 from test_models import images, model_terms, normal, tiny
 
@@ -166,6 +165,7 @@ def test_gradients_are_the_same_bits_on_every_call(blas_threads):
     """Threads take tiles as they come free; the gradients' sums must not depend on which
     thread took which (they did: 40 of 50 calls differed in the last bits, and a trial's
     seed no longer fixed its result)."""
+    kernel_on()
     blas_threads(3)
     args = block_args(*MANY_TILES)
     first = kernel_and_bias_gradients(args)
@@ -174,6 +174,7 @@ def test_gradients_are_the_same_bits_on_every_call(blas_threads):
 
 
 def test_gradients_are_the_same_bits_on_any_number_of_threads(blas_threads):
+    kernel_on()
     args = block_args(*MANY_TILES)
     on = {}
     for threads in (1, 2, 3):

@@ -218,20 +218,10 @@ def test_vmapped_kernel_equals_each_member_alone(name):
     assert len(set(np.asarray(values).tolist())) == 3  # the members do differ
 
 
-@pytest.fixture
-def blas_threads():
-    """Sets OpenBLAS's thread count for the test: the kernel spreads a population's members
-    over that many threads (one: they run one after another)."""
-    kernel_on()
-    openblas = native_kernels.openblas()
-    before = openblas.scipy_openblas_get_num_threads()
-    yield openblas.scipy_openblas_set_num_threads
-    openblas.scipy_openblas_set_num_threads(before)
-
-
 @pytest.mark.parametrize("threads", [1, 2, 3])
 def test_members_on_any_number_of_threads_equal_each_member_alone(threads, blas_threads):
     """3 members in turn, over 2 threads (one thread takes two) or over 3: the same results."""
+    kernel_on()
     blas_threads(threads)
     args = member_args((3,))
     fn = member_value_and_grads(jax.nn.relu)
@@ -245,6 +235,7 @@ def test_one_lstm_cut_into_row_slices_gives_what_xla_loop_gives(threads, blas_th
     sequence on its own thread (37 rows: slices of 18 and 19), and its kernel gradient into
     column blocks (132 columns: 64 and 68). Three threads asked for on a machine of two cores:
     as many as XLA's pool has workers."""
+    kernel_on()
     blas_threads(threads)
     assert_loops_agree(steps=4, batch=37, features=7, units=33)
 
@@ -252,6 +243,7 @@ def test_one_lstm_cut_into_row_slices_gives_what_xla_loop_gives(threads, blas_th
 def test_members_fewer_than_threads_are_cut_into_row_slices(blas_threads):
     """2 members on 3 threads: each member in 2 row slices (4 tasks), each member's results
     still those of its own call on one thread."""
+    kernel_on()
     blas_threads(3)
     args = member_args((2,), batch=37, units=33)
     fn = member_value_and_grads(jax.nn.relu)
@@ -266,6 +258,7 @@ def test_members_fewer_than_threads_are_cut_into_row_slices(blas_threads):
 def test_vmapped_empty_sequence_or_batch_equals_each_member_alone(steps, batch, threads,
                                                                    blas_threads):
     """The unbatched call's edge cases, member by member, in turn or spread over threads."""
+    kernel_on()
     blas_threads(threads)
     args = member_args((3,), steps=steps, batch=batch)
     fn = member_value_and_grads(jnp.tanh)
