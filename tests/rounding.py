@@ -59,6 +59,13 @@ def assert_close(actual, desired, *, terms: int, err_msg: str = "") -> None:
         np.testing.assert_allclose(a, b, rtol=0, atol=bound, err_msg=message)
 
 
+def assert_same_bits(actual, desired) -> None:
+    """Each leaf of two pytrees equal to the last bit: the same computation, its sums in the
+    same order, must round the same way every time (no tolerance at all)."""
+    for a, b in zip(jax.tree.leaves(actual), jax.tree.leaves(desired), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 # ---- the terms along each computation's longest chain of sums ------------------------------
 
 def recurrent_terms(steps: int, batch: int, features: int, units: int, gates: int) -> int:

@@ -24,7 +24,7 @@ from bench.contract.registry import ACTIVATIONS
 from bench.contract.schema import TimingProtocol, make_config
 from models import fused_cells, fused_conv, fused_lstm, native_kernels
 from test_fused_lstm import activation, custom_calls as lstm_custom_calls
-from rounding import assert_close, conv_block_terms
+from rounding import assert_close, assert_same_bits, conv_block_terms
 from test_models import images, model_terms, normal, tiny
 
 KERNEL_TARGETS = ("bench_conv_block_forward", "bench_conv_block_backward")
@@ -154,11 +154,6 @@ def kernel_and_bias_gradients(args):
         return jnp.sum(jnp.sin(y) * y)
 
     return jax.device_get(jax.jit(jax.grad(loss, argnums=(0, 1)))(*args[1:]))
-
-
-def assert_same_bits(got, want):
-    for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
-        np.testing.assert_array_equal(a, b)
 
 
 def test_gradients_are_the_same_bits_on_every_call(blas_threads):
